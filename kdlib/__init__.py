@@ -1,0 +1,13 @@
+"""kdlib: knowledge distillation for edge devices, the helper library of the book.
+
+Modules, each importing only from those above it:
+    utils    seeding, devices, atomic writes, checksummed checkpoints
+    data     offline and torchvision data sets with fixed splits
+    models   teacher and student families
+    losses   soft targets and the distillation loss
+    train    train / distill / evaluate
+    bench    params, MACs, bytes, latency
+"""
+__version__ = "0.1.0"
+
+from .utils import seed_everything  # noqa: F401

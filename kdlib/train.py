@@ -1,0 +1,301 @@
+"""Train, distil and evaluate: the loops every chapter uses.
+
+`train` fits a model to labels; `distill` fits a student to a teacher's soft
+targets (and the labels); `evaluate` reports accuracy, loss and agreement
+with a teacher. All three are plain PyTorch loops with a per-epoch history.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+
+from .losses import check_temperature, kd_loss
+from .utils import get_device, seed_everything
+
+
+@dataclass
+class History:
+    """Per-epoch record of a run: one entry per epoch in each list.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+
+    train_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)  # empty when no val_loader was given
+    epoch_time_s: list = field(default_factory=list)
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.train_loss)
+
+    def __repr__(self) -> str:
+        last = f", val_accuracy={self.val_accuracy[-1]:.4f}" if self.val_accuracy else ""
+        loss = f", train_loss={self.train_loss[-1]:.4f}" if self.train_loss else ""
+        return f"History(epochs={self.num_epochs}{loss}{last}, time={sum(self.epoch_time_s):.1f}s)"
+
+
+def _check_loader(loader, name="train_loader") -> DataLoader:
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"{name} must be a torch DataLoader (see kdlib.data.make_loader), "
+                        f"got {type(loader).__name__}")
+    if len(loader.dataset) == 0:
+        raise ValueError(f"{name} holds no examples")
+    return loader
+
+
+def _check_common(model, num_epochs, lr, name="model") -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive int, got {num_epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+
+def _make_optimizer(model: nn.Module, lr: float, weight_decay: float, num_epochs: int, schedule: str):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_epochs)
+    elif schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    return opt, sched
+
+
+def _epochs(num_epochs: int, progress: bool, desc: str):
+    if not progress:
+        return range(num_epochs)
+    from tqdm.auto import trange
+
+    return trange(num_epochs, desc=desc, leave=False)
+
+
+def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, schedule,
+         val_loader, device, progress, desc) -> History:
+    """The shared loop: `batch_loss(model, batch)` returns the loss of one batch."""
+    opt, sched = _make_optimizer(model, lr, weight_decay, num_epochs, schedule)
+    history = History()
+    bar = _epochs(num_epochs, progress, desc)
+    for _ in bar:
+        t0 = time.perf_counter()
+        model.train()
+        total, count = torch.zeros((), device=device), 0
+        for batch in loader:
+            batch = [t.to(device, non_blocking=True) for t in batch]
+            loss = batch_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = batch[0].shape[0]
+            total += loss.detach() * n
+            count += n
+        if sched is not None:
+            sched.step()
+        train_loss = float(total) / count
+        if not torch.isfinite(torch.tensor(train_loss)):
+            raise FloatingPointError(f"the training loss became {train_loss} at epoch {history.num_epochs + 1}; "
+                                     "lower the learning rate or check the inputs for NaN/inf")
+        history.train_loss.append(train_loss)
+        history.epoch_time_s.append(time.perf_counter() - t0)
+        if val_loader is not None:
+            history.val_accuracy.append(evaluate(model, val_loader, device=device)["accuracy"])
+        if progress:
+            post = {"loss": f"{train_loss:.3f}"}
+            if history.val_accuracy:
+                post["val_acc"] = f"{history.val_accuracy[-1]:.3f}"
+            bar.set_postfix(post)
+    model.eval()
+    return history
+
+
+def _reseed(loader: DataLoader, seed: int | None) -> None:
+    if seed is None:
+        return
+    seed_everything(seed)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed)
+
+
+def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, lr: float = 1e-3,
+          weight_decay: float = 0.0, schedule: str = "cosine", augment: Callable | None = None,
+          val_loader: DataLoader | None = None, device=None, progress: bool = True,
+          seed: int | None = None) -> History:
+    """Train `model` with cross-entropy on the labels (AdamW, cosine schedule).
+
+    Args:
+        model: maps (B, C, H, W) to logits (B, K); trained in place.
+        train_loader: yields (X, y) batches.
+        num_epochs, lr, weight_decay: the optimiser's settings.
+        schedule: "cosine" (decay to 0 over the run) or "constant".
+        augment: optional function (B, C, H, W) -> (B, C, H, W) applied to each batch.
+        val_loader: if given, validation accuracy is recorded after each epoch.
+        device: defaults to CUDA when available, else the CPU.
+        progress: show a progress bar over epochs.
+        seed: re-seed torch and the loader's shuffle before training.
+    Returns:
+        a `History`; the model is left in eval mode.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    _check_common(model, num_epochs, lr)
+    _check_loader(train_loader)
+    _reseed(train_loader, seed)
+    device = get_device(device)
+    model.to(device)
+
+    def batch_loss(m, batch):
+        X, y = batch[0], batch[1]
+        if augment is not None:
+            X = augment(X)
+        return F.cross_entropy(m(X), y)
+
+    return _fit(model, train_loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
+                schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="train")
+
+
+class _WithLogits(Dataset):
+    """Pairs each example of a data set with a precomputed row of teacher logits."""
+
+    def __init__(self, dataset: Dataset, logits: torch.Tensor):
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        X, y = self.dataset[i][:2]
+        return X, y, self.logits[i]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` in eval mode over `loader`; return (logits (N, K), labels (N,)) on the CPU.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    device = get_device(device)
+    was_training = model.training
+    model.eval().to(device)
+    outs, ys = [], []
+    for batch in loader:
+        outs.append(model(batch[0].to(device)).float().cpu())
+        ys.append(batch[1].cpu())
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device=None) -> DataLoader:
+    """Compute the teacher's logits for every training example once, and return a
+    loader that yields (X, y, teacher_logits) with the same batch size and shuffle.
+
+    Saves one teacher forward pass per batch per epoch. Only valid without
+    augmentation: with it, the cached logits belong to images the student
+    never sees.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    dataset = train_loader.dataset
+    in_order = DataLoader(dataset, batch_size=max(train_loader.batch_size or 256, 256), shuffle=False)
+    logits, _ = predict_logits(teacher, in_order, device=device)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        new = TensorDataset(*dataset.tensors, logits)
+    else:
+        new = _WithLogits(dataset, logits)
+    shuffle = isinstance(train_loader.sampler, RandomSampler)
+    return DataLoader(new, batch_size=train_loader.batch_size, shuffle=shuffle,
+                      generator=train_loader.generator if shuffle else None)
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *, T: float = 4.0,
+            alpha: float = 0.9, num_epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
+            schedule: str = "cosine", augment: Callable | None = None,
+            cache_logits: bool | None = None, val_loader: DataLoader | None = None, device=None,
+            progress: bool = True, seed: int | None = None) -> History:
+    """Train `student` to match `teacher` with `kdlib.losses.kd_loss`.
+
+    The teacher is put in eval mode and runs without gradients. With
+    `cache_logits` (the default when there is no augmentation) its logits
+    are computed once for the whole training set and reused every epoch.
+
+    Args:
+        student: maps (B, C, H, W) to (B, K) logits; trained in place.
+        teacher: same input and output shapes; never changed.
+        train_loader: yields (X, y) batches.
+        T, alpha: temperature and weight of the soft term (see `kd_loss`).
+        cache_logits: None chooses True without augmentation, False with it.
+        the rest: as in `train`.
+    Returns:
+        a `History`; the student is left in eval mode.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    _check_common(student, num_epochs, lr, "student")
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    if teacher is student:
+        raise ValueError("teacher and student are the same object; distil from a separate, trained teacher")
+    _check_loader(train_loader)
+    check_temperature(T)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if cache_logits is None:
+        cache_logits = augment is None
+    if cache_logits and augment is not None:
+        raise ValueError("cache_logits=True with augment: the cached teacher logits belong to the original "
+                         "images, not the augmented ones the student sees; pass cache_logits=False")
+    if teacher.training:
+        warnings.warn("the teacher was in train mode (dropout on, BatchNorm statistics drifting); "
+                      "distill put it in eval mode", stacklevel=2)
+    device = get_device(device)
+    teacher.eval().to(device)
+    student.to(device)
+    _reseed(train_loader, seed)
+    loader = cache_teacher_logits(teacher, train_loader, device=device) if cache_logits else train_loader
+    if cache_logits:
+        _reseed(loader, seed)
+
+    def batch_loss(m, batch):
+        X, y = batch[0], batch[1]
+        if cache_logits:
+            t_logits = batch[2]
+        else:
+            if augment is not None:
+                X = augment(X)
+            with torch.no_grad():
+                t_logits = teacher(X)
+        return kd_loss(m(X), t_logits, y, T=T, alpha=alpha)
+
+    return _fit(student, loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
+                schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="distill")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None = None, device=None) -> dict:
+    """Accuracy and mean cross-entropy of `model` on `loader`, and, given a
+    teacher, the fraction of examples where both predict the same class.
+
+    Returns:
+        {"accuracy": float, "loss": float} plus "agreement" with a teacher.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_loader(loader, "loader")
+    logits, y = predict_logits(model, loader, device=device)
+    out = {"accuracy": (logits.argmax(1) == y).float().mean().item(),
+           "loss": F.cross_entropy(logits, y).item()}
+    if teacher is not None:
+        t_logits, _ = predict_logits(teacher, loader, device=device)
+        if t_logits.shape != logits.shape:
+            raise ValueError(f"teacher predicts {t_logits.shape[1]} classes, the model {logits.shape[1]}")
+        out["agreement"] = (t_logits.argmax(1) == logits.argmax(1)).float().mean().item()
+    return out

@@ -1,0 +1,198 @@
+"""Seeding, devices, atomic writes and checksummed checkpoints.
+
+The bottom layer of kdlib: everything else may import from here, and this
+module imports nothing from the rest of kdlib.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch so that a run repeats exactly.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """Return `device` if given, else CUDA when available, else the CPU.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that a reader never sees a half-written file.
+
+    The bytes go to a temporary file in the same folder, which is then
+    renamed over `path` (a rename within one file system is atomic).
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    path = Path(path)
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    if not path.parent.exists():
+        raise FileNotFoundError(
+            f"cannot write {path}: the folder {path.parent} does not exist; create it first"
+        )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically; see `atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 digest of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 digest of the file at `path`.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+    """Save `model.state_dict()` atomically beside a `.sha256` file; return the hash.
+
+    Refuses to replace an existing file unless `overwrite=True`, so that a
+    user's results are never lost silently.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; pass overwrite=True to replace it, or choose another path"
+        )
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    data = buf.getvalue()
+    digest = sha256_bytes(data)
+    atomic_write_bytes(path, data)
+    atomic_write_text(_sha_path(path), f"{digest}  {path.name}\n")
+    return digest
+
+
+def _sha_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def read_expected_sha256(path: str | os.PathLike) -> str | None:
+    """The hash stored beside a checkpoint (`<path>.sha256`), or None if absent."""
+    sha = _sha_path(Path(path))
+    if not sha.exists():
+        return None
+    return sha.read_text().split()[0]
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | None = None) -> nn.Module:
+    """Load weights saved by `save_checkpoint` into `model`, checking the hash first.
+
+    The expected hash is `sha256` if given, else the one in `<path>.sha256`.
+    The file is read with `weights_only=True` (no arbitrary code runs) and
+    is never modified.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    expected = sha256 or read_expected_sha256(path)
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise ValueError(
+            f"checkpoint {path} is corrupted or was changed: its SHA-256 is {actual[:12]}..., "
+            f"expected {expected[:12]}...; delete it to retrain, or restore the original file"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}); "
+                         "is it a file written by save_checkpoint?") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} does not hold a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(model).__name__}: {detail}. "
+            "Build the model with the same architecture and width it was saved with."
+        ) from None
+    return model
+
+
+def load_or_train(
+    path: str | os.PathLike,
+    make_model: Callable[[], nn.Module],
+    train_fn: Callable[[nn.Module], object],
+    *,
+    verbose: bool = True,
+) -> nn.Module:
+    """Load a checkpoint if it exists, else build, train and save the model.
+
+    Args:
+        path: where the checkpoint lives (a `.sha256` file sits beside it).
+        make_model: builds a fresh, untrained model.
+        train_fn: trains that model in place (its return value is ignored).
+    Returns:
+        the model in eval mode.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    path = Path(path)
+    model = make_model()
+    if path.exists():
+        load_checkpoint(model, path)
+        if verbose:
+            print(f"loaded {path.name} (sha256 {sha256_file(path)[:12]}...)")
+    else:
+        train_fn(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = save_checkpoint(model, path)
+        if verbose:
+            print(f"trained and saved {path.name} (sha256 {digest[:12]}...)")
+    return model.eval()

@@ -1,0 +1,84 @@
+"""The book's trained teachers: one recipe each, loaded from a checkpoint or retrained.
+
+A checkpoint for MNIST-5k is committed in `checkpoints/`; `python -m kdlib
+train-teacher --force` rebuilds it from this recipe, and any chapter that
+finds it missing retrains it (`kdlib.utils.load_or_train`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .data import DatasetSplits, load_dataset, make_loader, random_shift_rotate
+from .models import TeacherCNN
+from .train import train
+from .utils import load_or_train
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How the book's teacher is trained (each field is one choice made on val)."""
+
+    width: int = 32          # channels of the first conv block (0.87 M parameters at 32)
+    num_epochs: int = 15     # passes over the 3,500 training images
+    lr: float = 2e-3         # AdamW peak learning rate, cosine decay to 0
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    augment: bool = True     # random shift (2 px) and rotation (10 degrees)
+    seed: int = 0
+
+
+TEACHER_RECIPE = TeacherRecipe()
+
+
+def checkpoint_dir() -> Path:
+    """Where checkpoints live: $KDLIB_CHECKPOINTS, else the repository's
+    `checkpoints/` folder, else `~/.cache/kdlib/checkpoints`."""
+    if os.environ.get("KDLIB_CHECKPOINTS"):
+        return Path(os.environ["KDLIB_CHECKPOINTS"])
+    repo = Path(__file__).resolve().parent.parent / "checkpoints"
+    if repo.is_dir():
+        return repo
+    return Path.home() / ".cache" / "kdlib" / "checkpoints"
+
+
+def teacher_path(dataset: str = "mnist5k") -> Path:
+    """The checkpoint path of the book's teacher for `dataset`."""
+    return checkpoint_dir() / f"teacher_{dataset}.pt"
+
+
+def train_teacher(model: nn.Module, ds: DatasetSplits, recipe: TeacherRecipe = TEACHER_RECIPE,
+                  *, progress: bool = True):
+    """Train `model` on `ds.train` with `recipe`; returns the `History`.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    loader = make_loader(ds.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
+    return train(model, loader, num_epochs=recipe.num_epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                 augment=random_shift_rotate if recipe.augment else None,
+                 val_loader=make_loader(ds.val, 500), progress=progress, seed=recipe.seed)
+
+
+def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, progress: bool = True,
+                 verbose: bool = True, **load_kwargs) -> nn.Module:
+    """The book's trained teacher for `dataset`, in eval mode: loaded from its
+    checkpoint (hash checked), or trained with `TEACHER_RECIPE` and saved.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    ds = ds or load_dataset(dataset, **load_kwargs)
+    recipe = TEACHER_RECIPE
+    return load_or_train(
+        teacher_path(dataset),
+        lambda: TeacherCNN(ds.input_shape, ds.num_classes, width=recipe.width),
+        lambda m: train_teacher(m, ds, recipe, progress=progress),
+        verbose=verbose,
+    )
+
+
+def describe_recipe(recipe: TeacherRecipe = TEACHER_RECIPE) -> dict:
+    """The recipe as a plain dict (for printing and reports)."""
+    return asdict(recipe)
