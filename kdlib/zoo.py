@@ -82,3 +82,63 @@ def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, p
 def describe_recipe(recipe: TeacherRecipe = TEACHER_RECIPE) -> dict:
     """The recipe as a plain dict (for printing and reports)."""
     return asdict(recipe)
+
+
+@dataclass(frozen=True)
+class StudentRecipe:
+    """How the book's compressed-model chapters get their distilled student."""
+
+    width: int = 8           # channels of the first conv block (about 9 k parameters at 8)
+    depth: int = 2           # conv blocks, each halving the resolution
+    T: float = 4.0           # distillation temperature
+    alpha: float = 0.9       # weight of the soft term
+    num_epochs: int = 60
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    seed: int = 0
+
+
+STUDENT_RECIPE = StudentRecipe()
+
+
+def student_path(dataset: str = "mnist5k") -> Path:
+    """The checkpoint path of the book's distilled student for `dataset`."""
+    return checkpoint_dir() / f"student_{dataset}.pt"
+
+
+def distill_student(student: nn.Module, teacher: nn.Module, ds: DatasetSplits,
+                    recipe: StudentRecipe = STUDENT_RECIPE, *, progress: bool = True):
+    """Distil `student` from `teacher` on all of `ds.train` with `recipe` (cached logits).
+
+    Introduced in: notebooks/07_pruning.ipynb
+    """
+    from .train import distill
+
+    loader = make_loader(ds.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
+    return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, num_epochs=recipe.num_epochs,
+                   lr=recipe.lr, weight_decay=recipe.weight_decay, val_loader=make_loader(ds.val, 500),
+                   progress=progress, seed=recipe.seed)
+
+
+def load_student(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, teacher: nn.Module | None = None,
+                 progress: bool = True, verbose: bool = True, **load_kwargs) -> nn.Module:
+    """The book's distilled `StudentCNN` for `dataset`, in eval mode: loaded from
+    its checkpoint, or distilled from the book's teacher with `STUDENT_RECIPE`.
+
+    This is the starting point of the pruning, quantization and export chapters.
+
+    Introduced in: notebooks/07_pruning.ipynb
+    """
+    from .models import StudentCNN
+
+    ds = ds or load_dataset(dataset, **load_kwargs)
+    recipe = STUDENT_RECIPE
+
+    def fit(student):
+        t = teacher if teacher is not None else load_teacher(dataset, ds=ds, progress=progress, verbose=verbose)
+        distill_student(student, t, ds, recipe, progress=progress)
+
+    return load_or_train(student_path(dataset),
+                         lambda: StudentCNN(ds.input_shape, ds.num_classes, width=recipe.width, depth=recipe.depth),
+                         fit, verbose=verbose)
