@@ -12,6 +12,7 @@ choices are made on val and test is reported once.
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,35 +150,65 @@ def _load_offline(name: str, seed: int) -> DatasetSplits:
     return DatasetSplits(name, train, val, test, len(classes), tuple(X.shape[1:]), classes)
 
 
-def _load_torchvision(name: str, root, download: bool, seed: int) -> DatasetSplits:
-    from torchvision import datasets, transforms
+def _missing(name: str, root) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"the {name} files are not in {Path(root).resolve()}: run "
+        f"kdlib.data.load_dataset({name!r}, root={str(root)!r}, download=True) once "
+        "on a machine with internet, or copy torchvision's folder for it there")
 
+
+def _read_cifar10(root: Path, download: bool):
+    import pickle
+
+    if download:
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(str(root), train=True, download=True)  # fetches and checks the MD5 sums
+    folder = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    if not all((folder / n).exists() for n in names):
+        raise _missing("cifar10", root)
+    parts = []
+    for n in names:
+        with open(folder / n, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        parts.append((np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
+                      np.asarray(batch[b"labels"], dtype=np.int64)))
+    X_train = np.concatenate([p[0] for p in parts[:5]])
+    y_train = np.concatenate([p[1] for p in parts[:5]])
+    return (X_train, y_train), parts[5], _CLASSES["cifar10"]
+
+
+def _read_mnist_like(name: str, root: Path, download: bool):
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    try:
+        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+    except RuntimeError as err:
+        if "not found" in str(err).lower():
+            raise _missing(name, root) from None
+        raise
+    classes = [str(d) for d in range(10)] if name == "mnist" else _CLASSES[name]
+    return ((train.data.numpy()[:, None], train.targets.numpy()),
+            (test.data.numpy()[:, None], test.targets.numpy()), classes)
+
+
+def _load_torchvision(name: str, root, download: bool, seed: int) -> DatasetSplits:
+    """Read the files with torchvision's on-disk formats, then hold them as tensors."""
     if root is None:
         raise ValueError(f"{name!r} is read from disk: pass root='folder/with/the/files' "
                          f"(and download=True once, with internet, to fetch them)")
-    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST,
-           "cifar10": datasets.CIFAR10}[name]
-    mean, std = _NORMALISE[name]
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    try:
-        full_train = cls(str(root), train=True, transform=tf, download=download)
-        test = cls(str(root), train=False, transform=tf, download=download)
-    except RuntimeError as err:
-        if "not found" in str(err).lower() or "corrupted" in str(err).lower():
-            raise FileNotFoundError(
-                f"the {name} files are not in {Path(root).resolve()}: run "
-                f"kdlib.data.load_dataset({name!r}, root={str(root)!r}, download=True) once "
-                "on a machine with internet, or copy the torchvision folder there"
-            ) from None
-        raise
-    y = np.asarray(full_train.targets)
-    train_idx, val_idx = stratified_split(y, (0.9, 0.1), seed=seed)
-    x0 = full_train[0][0]
-    classes = list(getattr(full_train, "classes", [])) or _CLASSES.get(name, [])
-    if name == "mnist":
-        classes = [str(d) for d in range(10)]
-    return DatasetSplits(name, Subset(full_train, train_idx.tolist()), Subset(full_train, val_idx.tolist()),
-                         test, 10, tuple(x0.shape), classes)
+    root = Path(root)
+    reader = _read_cifar10 if name == "cifar10" else partial(_read_mnist_like, name)
+    (X_train, y_train), (X_test, y_test), classes = reader(root, download)
+    X_train = _standardise(X_train.astype(np.float32) / 255.0, name)
+    X_test = _standardise(X_test.astype(np.float32) / 255.0, name)
+    y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
+    train_idx, val_idx = stratified_split(y_train.numpy(), (0.9, 0.1), seed=seed)
+    return DatasetSplits(name, TensorDataset(X_train[train_idx], y_train[train_idx]),
+                         TensorDataset(X_train[val_idx], y_train[val_idx]),
+                         TensorDataset(X_test, y_test), len(classes), tuple(X_train.shape[1:]), classes)
 
 
 def load_dataset(name: str, *, root=None, download: bool = False, seed: int = 0) -> DatasetSplits:
