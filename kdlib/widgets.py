@@ -1,0 +1,231 @@
+"""ipywidgets for the live notebook, and their static-site twins.
+
+Each interactive figure comes in two forms built from one drawing function
+`draw(fig, value)`:
+
+* live (Jupyter, a kernel is running): `live_plot(draw, slider)` re-draws the
+  figure whenever the slider moves and shows it as a PNG in an
+  `ipywidgets.Image`;
+* static (the book's web pages, no kernel): `static_slider(draw, values)`
+  draws every value once and returns the HTML of matplotlib's JavaScript
+  animation (`FuncAnimation.to_jshtml`), whose slider still moves without a
+  kernel or the internet.
+
+Chapter-specific builders below pair the two, e.g. `soft_label_slider` and
+`soft_label_frames` (Chapter 2).
+"""
+from __future__ import annotations
+
+import html
+import io
+import re
+from typing import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .losses import soft_targets
+from .viz import _as_array, _class_names, plot_soft_targets
+
+Draw = Callable[[Figure, float], object]  # draw(fig, value): draws one frame on an empty figure
+
+
+def figure_to_png(fig: Figure, *, dpi: int | None = None, close: bool = True) -> bytes:
+    """The PNG bytes of `fig` (closed afterwards unless `close=False`).
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    if close:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def render(draw: Draw, value, *, figsize=(5.5, 2.6), dpi: int = 80) -> bytes:
+    """Draw one frame `draw(fig, value)` on a new figure and return its PNG bytes.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    if not callable(draw):
+        raise TypeError(f"draw must be a function draw(fig, value), got {type(draw).__name__}")
+    fig = plt.figure(figsize=figsize, dpi=dpi)
+    try:
+        draw(fig, value)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return figure_to_png(fig, dpi=dpi)
+
+
+def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = None, figsize=(5.5, 2.6),
+              dpi: int = 80):
+    """A slider, a caption and a figure that is re-drawn whenever the slider moves.
+
+    Args:
+        draw: draw(fig, value) draws one frame on an empty figure.
+        slider: an ipywidgets slider (e.g. `FloatSlider`) whose value is passed to draw.
+        describe: value -> caption text (plain text; escaped), or None for no caption.
+        figsize, dpi: size of the rendered figure.
+    Returns:
+        an `ipywidgets.VBox` [slider, caption, image], with the three parts
+        also reachable as `.slider`, `.caption` and `.image`, and `.update(value)`
+        to redraw by hand. The image holds PNG bytes, so the widget works in
+        Jupyter and VS Code without any matplotlib backend set up.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    import ipywidgets as widgets
+
+    if not isinstance(slider, widgets.ValueWidget):
+        raise TypeError(f"slider must be an ipywidgets slider (e.g. FloatSlider), got {type(slider).__name__}")
+    image = widgets.Image(format="png")
+    caption = widgets.HTML()
+
+    def update(value) -> None:
+        image.value = render(draw, value, figsize=figsize, dpi=dpi)
+        if describe is not None:
+            caption.value = f"<code>{html.escape(describe(value))}</code>"
+
+    slider.observe(lambda change: update(change["new"]), names="value")
+    box = widgets.VBox([slider, caption, image])
+    box.slider, box.caption, box.image, box.update = slider, caption, image, update
+    update(slider.value)
+    return box
+
+
+def static_slider(draw: Draw, values: Sequence[float], *, figsize=(5.5, 2.6), dpi: int = 72,
+                  interval_ms: int = 600) -> str:
+    """The static twin of `live_plot`: every value drawn once, as a JavaScript animation.
+
+    The frames are PNG images embedded in the HTML (keep `values` short and
+    the figure small: each frame adds about 10-20 KB to the page). The
+    reader moves matplotlib's slider or steps frame by frame; no kernel and
+    no internet needed.
+
+    Args:
+        draw: draw(fig, value) draws one frame on an empty figure.
+        values: the values to precompute, in slider order (2 to 40 of them).
+        figsize, dpi: size of each frame.
+        interval_ms: delay between frames when the reader presses play.
+    Returns:
+        the HTML (a string); show it with `IPython.display.HTML(...)`.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    from matplotlib.animation import FuncAnimation
+
+    if not callable(draw):
+        raise TypeError(f"draw must be a function draw(fig, value), got {type(draw).__name__}")
+    values = list(values)
+    if not 2 <= len(values) <= 40:
+        raise ValueError(f"pass between 2 and 40 values (each is one embedded image), got {len(values)}")
+    fig = plt.figure(figsize=figsize, dpi=dpi)
+
+    def frame(i: int):
+        fig.clear()
+        draw(fig, values[i])
+        return []
+
+    try:
+        anim = FuncAnimation(fig, frame, frames=len(values), interval=interval_ms, blit=False, repeat=False)
+        return offline_controls(anim.to_jshtml(default_mode="once"))
+    finally:
+        plt.close(fig)
+
+
+# matplotlib's player draws its buttons with Font Awesome icons fetched from a CDN;
+# plain Unicode symbols keep the page whole without the internet.
+_ICONS = {"fa fa-minus": "\u2212", "fa fa-fast-backward": "\u21e4", "fa fa-step-backward": "\u25c1",
+          "fa fa-play fa-flip-horizontal": "\u25c0", "fa fa-pause": "\u275a\u275a", "fa fa-play": "\u25b6",
+          "fa fa-step-forward": "\u25b7", "fa fa-fast-forward": "\u21e5", "fa fa-plus": "+"}
+
+
+def offline_controls(jshtml: str) -> str:
+    """matplotlib's animation HTML without its Font Awesome stylesheet (a CDN link):
+    each button icon becomes a Unicode symbol, so the player works offline.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    if not isinstance(jshtml, str):
+        raise TypeError(f"jshtml must be the string of FuncAnimation.to_jshtml(), got {type(jshtml).__name__}")
+    out = re.sub(r'<link rel="stylesheet"\s+href="[^"]*font-awesome[^"]*">\s*', "", jshtml)
+    for css, symbol in _ICONS.items():
+        out = out.replace(f'<i class="{css}"></i>', symbol)
+    return out
+
+
+def _soft_label_draw(logits, classes, image) -> Draw:
+    """draw(fig, T): the digit (if given) beside its soft targets at temperature T."""
+    z = _as_array("logits", logits, 1)
+    names = _class_names(classes, z.size)
+    z_row = torch.as_tensor(z, dtype=torch.float32)[None]  # (1, K)
+
+    def draw(fig: Figure, T) -> None:
+        probs = soft_targets(z_row, float(T))[0].numpy()
+        if image is not None:
+            ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 3])
+            ax_img.imshow(np.asarray(image), cmap="gray_r")
+            ax_img.set_axis_off()
+        else:
+            ax_bar = fig.subplots()
+        plot_soft_targets(probs, names, title=f"T = {float(T):g}", highlight=int(z.argmax()), ax=ax_bar)
+        fig.tight_layout()
+
+    return draw
+
+
+def _soft_label_caption(logits, classes) -> Callable[[float], str]:
+    """value -> 'T = 4 -> 4: 0.71, 9: 0.21, 7: 0.03' (the three most likely classes)."""
+    z_row = torch.as_tensor(_as_array("logits", logits, 1), dtype=torch.float32)[None]
+    names = _class_names(classes, z_row.shape[1])
+
+    def describe(T) -> str:
+        probs = soft_targets(z_row, float(T))[0]
+        top = torch.topk(probs, k=min(3, probs.numel()))
+        pairs = ", ".join(f"{names[i]}: {p:.2f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        return f"T = {float(T):g} -> {pairs}"
+
+    return describe
+
+
+def soft_label_slider(logits, classes=None, *, image=None, T: float = 4.0, T_min: float = 0.5,
+                      T_max: float = 20.0, step: float = 0.5):
+    """A temperature slider over one example's soft targets (live, needs a kernel).
+
+    Args:
+        logits: (K,) one example's logits (e.g. a row of the teacher's output).
+        classes: K class names, or None for 0..K-1.
+        image: (H, W) the input image to show beside the bars, or None.
+        T: initial temperature; T_min, T_max, step: the slider's range.
+    Returns:
+        the `live_plot` VBox; its caption lists the three most likely classes.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    import ipywidgets as widgets
+
+    if not 0 < T_min <= T <= T_max:
+        raise ValueError(f"need 0 < T_min <= T <= T_max, got T_min={T_min}, T={T}, T_max={T_max}")
+    slider = widgets.FloatSlider(value=T, min=T_min, max=T_max, step=step, description="T",
+                                 continuous_update=False)
+    return live_plot(_soft_label_draw(logits, classes, image), slider,
+                     describe=_soft_label_caption(logits, classes))
+
+
+def soft_label_frames(logits, classes=None, *, image=None, temperatures: Sequence[float] = (1, 2, 4, 8, 16)) -> str:
+    """The static twin of `soft_label_slider`: one precomputed frame per temperature.
+
+    Returns:
+        HTML of a JavaScript animation; show it with `IPython.display.HTML(...)`.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    temperatures = [float(t) for t in temperatures]
+    if any(not t > 0 for t in temperatures):
+        raise ValueError(f"every temperature must be > 0, got {temperatures}")
+    return static_slider(_soft_label_draw(logits, classes, image), temperatures)
