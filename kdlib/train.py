@@ -14,8 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
+from .data import as_tensors
 from .losses import check_temperature, kd_loss
 from .utils import get_device, seed_everything
 
@@ -83,14 +84,22 @@ def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, s
     """The shared loop: `batch_loss(model, batch)` returns the loss of one batch."""
     opt, sched = _make_optimizer(model, lr, weight_decay, num_epochs, schedule)
     history = History()
+    net, loader, sampler = model, *_shard(loader)
+    if sampler is not None:  # under torchrun: one shard of the data per process, gradients averaged
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        progress = progress and is_main_process()
     bar = _epochs(num_epochs, progress, desc)
-    for _ in bar:
+    for epoch in bar:
         t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
         total, count = torch.zeros((), device=device), 0
         for batch in loader:
             batch = [t.to(device, non_blocking=True) for t in batch]
-            loss = batch_loss(model, batch)
+            loss = batch_loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -99,6 +108,8 @@ def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, s
             count += n
         if sched is not None:
             sched.step()
+        if sampler is not None:
+            total, count = _all_reduce_sum(total, count, device)
         train_loss = float(total) / count
         if not torch.isfinite(torch.tensor(train_loss)):
             raise FloatingPointError(f"the training loss became {train_loss} at epoch {history.num_epochs + 1}; "
@@ -114,6 +125,58 @@ def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, s
             bar.set_postfix(post)
     model.eval()
     return history
+
+
+def is_distributed() -> bool:
+    """True inside a process group (e.g. a script launched with `torchrun`)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def is_main_process() -> bool:
+    """True in the single process of an ordinary run, or in rank 0 under `torchrun`."""
+    return not is_distributed() or torch.distributed.get_rank() == 0
+
+
+def init_distributed(backend: str | None = None) -> torch.device:
+    """Join the process group that `torchrun` set up (gloo on CPU, nccl on GPU);
+    return this process's device. Call once at the top of a script run with
+    `torchrun --nproc_per_node=N script.py`; `train` and `distill` then shard
+    the data and average gradients by themselves.
+
+    Introduced in: notebooks/10_capstone.ipynb
+    """
+    import os
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError("init_distributed() needs the variables torchrun sets (RANK, WORLD_SIZE, ...): "
+                           "launch the script with `torchrun --nproc_per_node=2 script.py`")
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    if not is_distributed():
+        torch.distributed.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _shard(loader: DataLoader):
+    """Under torchrun, the same loader over this process's shard of the data
+    (`DistributedSampler`); otherwise the loader unchanged. Returns (loader, sampler or None)."""
+    if not is_distributed():
+        return loader, None
+    from torch.utils.data.distributed import DistributedSampler
+
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    seed = int(loader.generator.initial_seed()) if loader.generator is not None else 0
+    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler), sampler
+
+
+def _all_reduce_sum(total: torch.Tensor, count: int, device) -> tuple[torch.Tensor, int]:
+    buf = torch.stack([total.detach().float(), torch.tensor(float(count), device=device)])
+    torch.distributed.all_reduce(buf)
+    return buf[0], int(buf[1].item())
 
 
 def _reseed(loader: DataLoader, seed: int | None) -> None:
@@ -214,6 +277,61 @@ def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device
                       generator=train_loader.generator if shuffle else None)
 
 
+UNLABELLED = -1  # the label of a transfer-set example whose label the student may not see
+
+
+def partially_labelled(dataset: Dataset, labelled: Subset) -> TensorDataset:
+    """A transfer set: every example of `dataset`, with its label kept only where the
+    example is in `labelled` and `UNLABELLED` (-1) elsewhere.
+
+    `distill` uses the teacher's soft targets on all the examples and the
+    labels where there are some: Hinton et al.'s transfer set, with the
+    unlabelled images that a data-scarce project usually has.
+
+    Args:
+        dataset: N examples (X, y).
+        labelled: a `Subset` of `dataset` (e.g. `kdlib.data.labelled_subset(dataset, 1000)`).
+    Returns:
+        a TensorDataset of X (N, C, H, W) and y (N,), int64, -1 where unlabelled.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    if not isinstance(labelled, Subset) or labelled.dataset is not dataset:
+        raise ValueError("labelled must be a Subset of the same dataset, e.g. "
+                         "kdlib.data.labelled_subset(dataset, 1000)")
+    X, y = as_tensors(dataset)
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    keep[torch.as_tensor(list(labelled.indices), dtype=torch.long)] = True
+    return TensorDataset(X, torch.where(keep, y.long(), torch.full_like(y.long(), UNLABELLED)))
+
+
+def kd_loss_partial(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                    T: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """`kd_loss` on a batch where some labels are `UNLABELLED` (-1):
+
+        L = alpha * T^2 * KL(p_T || q_T)  [all B examples]
+            + (1 - alpha) * CE(y, softmax(z_s))  [mean over the labelled ones only]
+
+    With every label present this is exactly `kd_loss`; with none, `alpha` times its soft term.
+
+    Args:
+        student_logits, teacher_logits: (B, K) float.
+        labels: (B,) int64, class indices or -1.
+    Returns:
+        a scalar tensor.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    has = labels != UNLABELLED
+    if bool(has.all()):
+        return kd_loss(student_logits, teacher_logits, labels, T=T, alpha=alpha)
+    soft = kd_loss(student_logits, teacher_logits, None, T=T, alpha=1.0)
+    if not bool(has.any()) or alpha == 1:
+        return alpha * soft
+    hard = kd_loss(student_logits[has], teacher_logits[has], labels[has], T=T, alpha=0.0)
+    return alpha * soft + (1 - alpha) * hard
+
+
 def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *, T: float = 4.0,
             alpha: float = 0.9, num_epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
             schedule: str = "cosine", augment: Callable | None = None,
@@ -228,7 +346,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
     Args:
         student: maps (B, C, H, W) to (B, K) logits; trained in place.
         teacher: same input and output shapes; never changed.
-        train_loader: yields (X, y) batches.
+        train_loader: yields (X, y) batches; a label of -1 (`UNLABELLED`) means
+            "soft targets only" for that example (see `partially_labelled`).
         T, alpha: temperature and weight of the soft term (see `kd_loss`).
         cache_logits: None chooses True without augmentation, False with it.
         the rest: as in `train`.
@@ -271,7 +390,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
                 X = augment(X)
             with torch.no_grad():
                 t_logits = teacher(X)
-        return kd_loss(m(X), t_logits, y, T=T, alpha=alpha)
+        return kd_loss_partial(m(X), t_logits, y, T=T, alpha=alpha)
 
     return _fit(student, loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
                 schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="distill")
