@@ -1,13 +1,31 @@
-# Two commands on a fresh machine: `make book` and `make test`.
+# Two commands on a fresh machine: `make book` (the website) and `make test` (everything).
+# Run `make help` for the other targets.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdlib-installed
+VENDOR := _vendor/static/VERSIONS.json
+CHROMIUM ?= /usr/bin/chromium
+# one torch thread per process: on a small shared machine two threads run many times slower
+export OMP_NUM_THREADS ?= 1
+# apt-get needs root: use sudo when we are not root
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # pip on these machines warns about every missing local index folder; keep the log readable
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
+NBVAL := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup book test test-unit test-notebooks bench clean
+.PHONY: help setup vendor chromium book book-all test test-unit test-notebooks test-site \
+        student-pack bench clean
+
+help:
+	@echo "make book          build the website (creates .venv, runs every notebook): _build/html/index.html"
+	@echo "make test          every test: unit tests, nbval over the notebooks, the book build, the browser tests"
+	@echo "make test-unit     unit and property tests only (fast)"
+	@echo "make student-pack  student-pack/: the notebooks without solutions, for a class"
+	@echo "make bench         run bench/*.py and print the table of the book's performance figures"
+	@echo "make clean         remove _build and student-pack"
 
 setup: $(STAMP)
 
@@ -17,20 +35,44 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
 	@touch $@
 
-book: setup
+# MathJax, require.js and the widget manager from the npm registry, so the site works offline
+vendor: $(VENDOR)
+
+$(VENDOR): tools/vendor_js.py tools/widgets_offline.js | $(STAMP)
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q npm; }
+	$(PY) tools/vendor_js.py
+
+# Debian's chromium for the browser tests (never `playwright install`)
+chromium:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+book: setup vendor
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
+# re-execute every notebook and rewrite every page (the cache is ignored)
+book-all: setup vendor
+	$(VENV)/bin/jupyter-book build --all . -W -n --keep-going
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
 test-unit: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -m "not site"
 
 test-notebooks: setup
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
+	$(PY) -m pytest -q $(NBVAL) notebooks
+
+# the browser tests read the site that `book` has just built
+test-site: setup chromium
+	KDLIB_SITE_REQUIRED=1 $(PY) -m pytest tests/test_site.py -q -m site
 
 test: test-unit test-notebooks book
+	$(MAKE) test-site
+
+student-pack: setup
+	$(PY) tools/student_pack.py --out student-pack --force
 
 bench: setup
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
+	$(PY) tools/bench_table.py
 
 clean:
-	rm -rf _build
+	rm -rf _build student-pack
