@@ -77,8 +77,8 @@ def plot_workflow(steps: Sequence[tuple[str, str]] = WORKFLOW_STEPS, *, next_ste
     if not steps or not all(isinstance(s, (tuple, list)) and len(s) == 2 for s in steps):
         raise ValueError("steps must be a non-empty list of (title, detail) pairs")
     n = len(steps)
-    fig, ax = _axes(ax, (2.6 * n, 2.3))
-    width, gap = 1.3, 0.45
+    fig, ax = _axes(ax, (2.7 * n, 2.3))
+    width, gap = 1.4, 0.45
     for i, (title, detail) in enumerate(steps):
         x = i * (width + gap)
         ax.add_patch(FancyBboxPatch((x, 0.0), width, 1.0, boxstyle="round,pad=0.03,rounding_size=0.08",
