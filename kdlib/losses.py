@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .guards import warn_if_probabilities, warn_if_teacher_grad
+
 
 def check_logits(name: str, logits, *, ndim: int = 2) -> torch.Tensor:
     """Raise a clear error unless `logits` is a finite floating (B, K) tensor."""
@@ -37,6 +39,14 @@ def check_temperature(T) -> float:
     return float(T)
 
 
+def check_scale(name: str, logits: torch.Tensor, T: float) -> None:
+    """Raise a clear error when `logits / T` would overflow the dtype (softmax would give NaN)."""
+    if not torch.isfinite(logits.detach().abs().amax() * (2.0 / T)):
+        raise ValueError(f"{name} are too large for T={T:g} in {logits.dtype}: |logit| reaches "
+                         f"{logits.detach().abs().amax().item():.3g}, so logits / T overflows and softmax gives NaN; "
+                         "such logits mean the model diverged (lower the learning rate), or use float64")
+
+
 def soft_targets(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     """Softmax at temperature T: p_i = exp(z_i / T) / sum_j exp(z_j / T).
 
@@ -49,7 +59,9 @@ def soft_targets(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     Introduced in: notebooks/02_soft_labels.ipynb
     """
     check_logits("logits", logits)
-    return F.softmax(logits / check_temperature(T), dim=-1)
+    T = check_temperature(T)
+    check_scale("logits", logits, T)
+    return F.softmax(logits / T, dim=-1)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
@@ -81,9 +93,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
         raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape (batch, num_classes); "
                          "do teacher and student predict the same classes?")
+    warn_if_probabilities("student_logits", student_logits)
+    warn_if_probabilities("teacher_logits", teacher_logits)
+    warn_if_teacher_grad(teacher_logits)
     T = check_temperature(T)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    check_scale("student_logits", student_logits, min(T, 1.0))
+    check_scale("teacher_logits", teacher_logits, T)
     log_q = F.log_softmax(student_logits / T, dim=-1)
     log_p = F.log_softmax(teacher_logits.detach() / T, dim=-1)
     soft = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * T * T

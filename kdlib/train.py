@@ -7,7 +7,6 @@ with a teacher. All three are plain PyTorch loops with a per-epoch history.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
 from .data import as_tensors
+from .guards import preflight, probe_batch, run_model, warn_if_train_mode
 from .losses import check_temperature, kd_loss
 from .utils import get_device, seed_everything
 
@@ -213,6 +213,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
     _reseed(train_loader, seed)
     device = get_device(device)
     model.to(device)
+    preflight(model, None, [t.to(device) for t in probe_batch(train_loader.dataset)])
 
     def batch_loss(m, batch):
         X, y = batch[0], batch[1]
@@ -249,7 +250,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tupl
     model.eval().to(device)
     outs, ys = [], []
     for batch in loader:
-        outs.append(model(batch[0].to(device)).float().cpu())
+        outs.append(run_model(model, batch[0].to(device)).float().cpu())
         ys.append(batch[1].cpu())
     model.train(was_training)
     return torch.cat(outs), torch.cat(ys)
@@ -370,12 +371,11 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
     if cache_logits and augment is not None:
         raise ValueError("cache_logits=True with augment: the cached teacher logits belong to the original "
                          "images, not the augmented ones the student sees; pass cache_logits=False")
-    if teacher.training:
-        warnings.warn("the teacher was in train mode (dropout on, BatchNorm statistics drifting); "
-                      "distill put it in eval mode", stacklevel=2)
+    warn_if_train_mode(teacher)
     device = get_device(device)
     teacher.eval().to(device)
     student.to(device)
+    preflight(student, teacher, [t.to(device) for t in probe_batch(train_loader.dataset)])
     _reseed(train_loader, seed)
     loader = cache_teacher_logits(teacher, train_loader, device=device) if cache_logits else train_loader
     if cache_logits:
@@ -410,6 +410,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None 
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_loader(loader, "loader")
     logits, y = predict_logits(model, loader, device=device)
+    if y.is_floating_point() or bool(((y < 0) | (y >= logits.shape[1])).any()):
+        raise ValueError(f"the loader's labels must be class indices in 0..{logits.shape[1] - 1}; "
+                         "does the model have the data set's number of classes?")
     out = {"accuracy": (logits.argmax(1) == y).float().mean().item(),
            "loss": F.cross_entropy(logits, y).item()}
     if teacher is not None:
