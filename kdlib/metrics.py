@@ -1,0 +1,177 @@
+"""Numbers that judge a model beyond accuracy: calibration, gap closed, mean ± std.
+
+Pure functions of tensors and lists; no training loops here.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+
+def _check_probs_labels(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn (probs, labels) into tensors and raise a clear error if they do not fit."""
+    probs = torch.as_tensor(probs)
+    labels = torch.as_tensor(labels)
+    if not probs.is_floating_point() or probs.ndim != 2:
+        raise ValueError(f"probs must be a floating (N, K) array of probabilities, got dtype {probs.dtype} "
+                         f"and shape {tuple(probs.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError("probs is empty; pass at least one example")
+    if labels.ndim != 1 or labels.shape[0] != probs.shape[0] or labels.is_floating_point():
+        raise ValueError(f"labels must be (N,) integer class indices with N = {probs.shape[0]}, "
+                         f"got dtype {labels.dtype} and shape {tuple(labels.shape)}")
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(f"labels must lie in 0..{probs.shape[1] - 1}")
+    probs = probs.double()
+    if (probs < 0).any() or not torch.allclose(probs.sum(1), torch.ones(len(probs), dtype=probs.dtype), atol=1e-4):
+        raise ValueError("each row of probs must be non-negative and sum to 1: pass "
+                         "torch.softmax(logits, dim=1), not the logits themselves")
+    return probs, labels.long()
+
+
+def _check_bins(n_bins) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    return n_bins
+
+
+def reliability_diagram_data(probs, labels, n_bins: int = 15) -> dict:
+    """Bin the predictions by confidence, as a reliability diagram does.
+
+    The confidence of a prediction is its largest probability. Bin m holds
+    the predictions with confidence in ((m-1)/M, m/M] (Guo et al., 2017).
+
+    Args:
+        probs: (N, K) predicted probabilities (rows sum to 1).
+        labels: (N,) true class indices.
+        n_bins: M, the number of equal-width bins on [0, 1].
+    Returns:
+        {"edges": (M+1,) bin edges, "confidence": (M,) mean confidence per bin,
+         "accuracy": (M,) accuracy per bin, "count": (M,) examples per bin}
+        as float64/int64 tensors; confidence and accuracy are NaN in empty bins.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    probs, labels = _check_probs_labels(probs, labels)
+    M = _check_bins(n_bins)
+    conf, pred = probs.max(1)
+    correct = (pred == labels).double()
+    edges = torch.linspace(0, 1, M + 1, dtype=torch.float64)
+    # bucketize with right=False puts x in bin i when edges[i] < x <= edges[i+1]
+    idx = torch.bucketize(conf, edges[1:-1], right=False)  # (N,) in 0..M-1
+    count = torch.bincount(idx, minlength=M)
+    sum_conf = torch.bincount(idx, weights=conf, minlength=M)
+    sum_acc = torch.bincount(idx, weights=correct, minlength=M)
+    nan = torch.full((M,), float("nan"), dtype=torch.float64)
+    nonempty = count > 0
+    return {"edges": edges, "count": count,
+            "confidence": torch.where(nonempty, sum_conf / count.clamp(min=1), nan),
+            "accuracy": torch.where(nonempty, sum_acc / count.clamp(min=1), nan)}
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
+    """Expected calibration error (Naeini et al., 2015; Guo et al., 2017):
+
+        ECE = sum_m |B_m| / N * |acc(B_m) - conf(B_m)|
+
+    where B_m are the predictions whose confidence falls in bin m (see
+    `reliability_diagram_data`). 0 is perfectly calibrated; an over-confident
+    model has conf > acc in its high bins.
+
+    Args:
+        probs: (N, K) predicted probabilities, e.g. `torch.softmax(logits, 1)`.
+        labels: (N,) true class indices.
+        n_bins: number of equal-width confidence bins (15 as in Guo et al.).
+    Returns:
+        a float in [0, 1].
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    d = reliability_diagram_data(probs, labels, n_bins)
+    nonempty = d["count"] > 0
+    weights = d["count"][nonempty].double() / d["count"].sum()
+    gaps = (d["accuracy"][nonempty] - d["confidence"][nonempty]).abs()
+    return float((weights * gaps).sum())
+
+
+def mean_confidence(probs) -> float:
+    """Mean of the largest probability of each row of (N, K) `probs`.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    probs = torch.as_tensor(probs)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must be a non-empty (N, K) array, got shape {tuple(probs.shape)}")
+    return float(probs.max(1).values.double().mean())
+
+
+def gap_closed(kd: float, alone: float, teacher: float) -> float:
+    """The fraction of the teacher-student gap that distillation closes:
+
+        (kd - alone) / (teacher - alone)
+
+    with accuracies (or any score where higher is better). 1 means the
+    distilled student matches the teacher, 0 that distillation did nothing,
+    a negative value that it hurt. Hinton et al. (2015) on MNIST: errors
+    146 (student alone), 74 (distilled), 67 (teacher) give 72/79 = 0.91.
+
+    Raises:
+        ValueError: when the teacher is not better than the student alone
+            (the gap is zero or negative, so the fraction means nothing).
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    for name, v in (("kd", kd), ("alone", alone), ("teacher", teacher)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise TypeError(f"{name} must be a finite number, got {v!r}")
+    if not teacher > alone:
+        raise ValueError(f"the teacher ({teacher}) must score higher than the student alone ({alone}) "
+                         "for a gap to be closed")
+    return (kd - alone) / (teacher - alone)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (divisor n - 1) of a list of numbers.
+
+    One value gives a standard deviation of 0.0.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("values is empty; pass the result of at least one run")
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def format_mean_std(values, fmt: str = ".1%") -> str:
+    """`mean ± std` of `values` as text, e.g. `format_mean_std([0.97, 0.98])` -> '97.5% ± 0.7%'.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    m, s = mean_std(values)
+    return f"{m:{fmt}} ± {s:{fmt}}"
+
+
+def per_class_accuracy(logits, labels, num_classes: int | None = None) -> torch.Tensor:
+    """Accuracy of the argmax prediction within each true class.
+
+    Args:
+        logits: (N, K) scores (or probabilities).
+        labels: (N,) true class indices.
+    Returns:
+        (K,) float64; NaN for a class with no examples.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
+    if logits.ndim != 2 or labels.ndim != 1 or len(labels) != len(logits):
+        raise ValueError(f"need logits (N, K) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    K = num_classes or logits.shape[1]
+    correct = (logits.argmax(1) == labels).double()
+    count = torch.bincount(labels.long(), minlength=K).double()
+    hits = torch.bincount(labels.long(), weights=correct, minlength=K)
+    return torch.where(count > 0, hits / count.clamp(min=1), torch.full_like(count, float("nan")))
