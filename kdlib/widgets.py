@@ -229,3 +229,76 @@ def soft_label_frames(logits, classes=None, *, image=None, temperatures: Sequenc
     if any(not t > 0 for t in temperatures):
         raise ValueError(f"every temperature must be > 0, got {temperatures}")
     return static_slider(_soft_label_draw(logits, classes, image), temperatures)
+
+
+def _quant_grid_draw(weights, symmetric: bool) -> Draw:
+    """draw(fig, num_bits): the weights' histogram with the num_bits quantization grid on top."""
+    from .quant import qrange, quantize, dequantize
+
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32).flatten()
+    quantize(w, 8, symmetric=symmetric)  # fail early, with quant's clear message, on bad weights
+
+    def draw(fig: Figure, num_bits) -> None:
+        b = int(num_bits)
+        q, scale, zp = quantize(w, b, symmetric=symmetric)
+        qmin, qmax = qrange(b, symmetric=symmetric)
+        levels = ((torch.arange(qmin, qmax + 1) - zp) * scale).numpy()
+        err = (dequantize(q, scale, zp) - w).pow(2).mean().sqrt().item()
+        ax = fig.subplots()
+        ax.hist(w.numpy(), bins=80, color="0.75", label="weights")
+        if len(levels) <= 64:
+            ax.vlines(levels, 0, 1, transform=ax.get_xaxis_transform(), colors="C3", lw=0.8, label="grid levels")
+        else:
+            ax.plot(levels, np.zeros_like(levels), "|", color="C3", ms=6, label="grid levels")
+        ax.set_xlabel("weight value")
+        ax.set_ylabel("count")
+        ax.set_title(f"{b} bits: {len(levels)} levels, step {scale.item():.3g}, RMS error {err:.3g}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+
+    return draw
+
+
+def quant_grid_slider(weights, *, num_bits: int = 4, min_bits: int = 2, max_bits: int = 8, symmetric: bool = True):
+    """A bit-width slider over a weight histogram and its quantization grid (live, needs a kernel).
+
+    Args:
+        weights: any array of weights (e.g. a conv layer's (C_out, C_in, kH, kW)), flattened.
+        num_bits: initial bit width; min_bits, max_bits: the slider's range (2 .. 16).
+        symmetric: signed grid with zero point 0 (as for weights), else unsigned.
+    Returns:
+        the `live_plot` VBox; its caption gives the step and the RMS round-trip error.
+
+    Introduced in: notebooks/08_quantization.ipynb
+    """
+    import ipywidgets as widgets
+
+    from .quant import check_bits, quantization_error
+
+    for name, b in (("num_bits", num_bits), ("min_bits", min_bits), ("max_bits", max_bits)):
+        check_bits(b, name)
+    if not min_bits <= num_bits <= max_bits:
+        raise ValueError(f"need min_bits <= num_bits <= max_bits, got {min_bits}, {num_bits}, {max_bits}")
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32).flatten()
+    slider = widgets.IntSlider(value=num_bits, min=min_bits, max=max_bits, step=1, description="bits",
+                               continuous_update=False)
+
+    def describe(b) -> str:
+        return f"{int(b)} bits -> {2 ** int(b) - int(symmetric)} levels, RMS error " \
+               f"{quantization_error(w, int(b), symmetric=symmetric):.3g}"
+
+    return live_plot(_quant_grid_draw(w, symmetric), slider, describe=describe)
+
+
+def quant_grid_frames(weights, *, bits: Sequence[int] = (2, 3, 4, 5, 6, 8), symmetric: bool = True) -> str:
+    """The static twin of `quant_grid_slider`: one precomputed frame per bit width.
+
+    Returns:
+        HTML of a JavaScript animation; show it with `IPython.display.HTML(...)`.
+
+    Introduced in: notebooks/08_quantization.ipynb
+    """
+    from .quant import check_bits
+
+    bits = [check_bits(b, "each bit width") for b in bits]
+    return static_slider(_quant_grid_draw(weights, symmetric), bits)
