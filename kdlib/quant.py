@@ -167,16 +167,16 @@ def mse_range(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False, ax
     rows = _per_channel(x.detach().float(), axis)                    # (C, N)
     lo, hi = rows.amin(1).clamp(max=0), rows.amax(1).clamp(min=0)    # (C,)
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
-    best_err = torch.full_like(lo, float("inf"))
-    best_lo, best_hi = lo.clone(), hi.clone()
-    for i in range(1, grid + 1):
-        a = i / grid
-        scale, zp = compute_qparams(a * lo, a * hi, num_bits, symmetric=symmetric)
-        q = torch.clamp(torch.round(rows / scale[:, None]) + zp[:, None], qmin, qmax)
-        err = ((q - zp[:, None]) * scale[:, None] - rows).pow(2).mean(1)   # (C,)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_lo, best_hi = torch.where(better, a * lo, best_lo), torch.where(better, a * hi, best_hi)
+    ratios = torch.arange(1, grid + 1, dtype=torch.float32) / grid        # (G,)
+    errs = []
+    step = max(1, 2**22 // rows.numel())  # candidates per chunk, to bound memory
+    for a in ratios.split(step):
+        scale, zp = compute_qparams(a[:, None] * lo, a[:, None] * hi, num_bits, symmetric=symmetric)  # (g, C)
+        scale, zp = scale[..., None], zp[..., None].float()                                         # (g, C, 1)
+        q = torch.clamp(torch.round(rows / scale) + zp, qmin, qmax)                                 # (g, C, N)
+        errs.append(((q - zp) * scale - rows).pow(2).mean(-1))                                      # (g, C)
+    best = ratios[torch.cat(errs).argmin(0)]   # (C,) the first (smallest) ratio wins ties
+    best_lo, best_hi = best * lo, best * hi
     return (best_lo[0], best_hi[0]) if axis is None else (best_lo, best_hi)
 
 

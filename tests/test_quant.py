@@ -231,6 +231,23 @@ def test_mse_range_never_worse_than_minmax():
         assert Q.quantization_error(w, b, axis=0, method="mse") <= Q.quantization_error(w, b, axis=0) + 1e-7
 
 
+def test_mse_range_matches_brute_force():
+    torch.manual_seed(3)
+    w = torch.randn(4, 30) * torch.tensor([[0.1], [1.0], [3.0], [0.5]])
+    w[2, 0] = 20.0  # an outlier in one channel
+    lo, hi = Q.mse_range(w, 3, symmetric=True, axis=0, grid=20)
+    for c in range(4):
+        row = w[c]
+        errs = []
+        for i in range(1, 21):
+            s, z = Q.compute_qparams(i / 20 * row.min(), i / 20 * row.max(), 3, symmetric=True)
+            errs.append((Q.fake_quantize(row, 3, symmetric=True, scale=s, zero_point=z) - row).pow(2).mean())
+        best = int(torch.stack(errs).argmin()) + 1
+        assert hi[c].item() == pytest.approx(best / 20 * row.max().item())
+        assert lo[c].item() == pytest.approx(best / 20 * row.min().item())
+    assert hi[2].item() < 20.0
+
+
 def test_observer_minmax_keeps_extremes_and_others_average():
     obs = Q.Observer(8)
     assert not obs.ready
@@ -416,3 +433,26 @@ def test_bad_methods_and_models():
         Q.calibrate(Q.prepare_qat(StudentCNN(), 8), [])
     with pytest.raises(ValueError, match="num_batches"):
         Q.calibrate(Q.prepare_qat(StudentCNN(), 8), [], num_batches=0)
+
+
+# ----------------------------------------------------------------- the bit-width widget and its static twin
+
+
+def test_quant_grid_frames_and_slider():
+    pytest.importorskip("ipywidgets")
+    from kdlib import widgets
+
+    torch.manual_seed(0)
+    w = torch.randn(200) * 0.3
+    page = widgets.quant_grid_frames(w, bits=(2, 4, 8))
+    assert page.count("data:image/png;base64") >= 3 and "font-awesome" not in page
+    box = widgets.quant_grid_slider(w, num_bits=3)
+    assert "3 bits -&gt; 7 levels" in box.caption.value
+    box.slider.value = 2  # moving the slider redraws the figure and the caption
+    assert "2 bits -&gt; 3 levels" in box.caption.value and len(box.image.value) > 1000
+    with pytest.raises(ValueError, match="between 2 and 16"):
+        widgets.quant_grid_frames(w, bits=(1, 4))
+    with pytest.raises(ValueError, match="min_bits <= num_bits <= max_bits"):
+        widgets.quant_grid_slider(w, num_bits=9)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        widgets.quant_grid_frames(torch.tensor([0.0, float("nan")]))
