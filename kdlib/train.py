@@ -225,6 +225,10 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
                 schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="train")
 
 
+class _TensorsWithLogits(TensorDataset):
+    """A TensorDataset (X, y, teacher_logits) made by `cache_teacher_logits`."""
+
+
 class _WithLogits(Dataset):
     """Pairs each example of a data set with a precomputed row of teacher logits."""
 
@@ -262,7 +266,9 @@ def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device
 
     Saves one teacher forward pass per batch per epoch. Only valid without
     augmentation: with it, the cached logits belong to images the student
-    never sees.
+    never sees. `distill(..., cache_logits=True)` calls this itself, or
+    reuses a loader this function returned, so that several students
+    (a sweep, several seeds) share one pass of the teacher.
 
     Introduced in: notebooks/05_distillation.ipynb
     """
@@ -270,7 +276,7 @@ def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device
     in_order = DataLoader(dataset, batch_size=max(train_loader.batch_size or 256, 256), shuffle=False)
     logits, _ = predict_logits(teacher, in_order, device=device)
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        new = TensorDataset(*dataset.tensors, logits)
+        new = _TensorsWithLogits(*dataset.tensors, logits)
     else:
         new = _WithLogits(dataset, logits)
     shuffle = isinstance(train_loader.sampler, RandomSampler)
@@ -329,7 +335,10 @@ def kd_loss_partial(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     soft = kd_loss(student_logits, teacher_logits, None, T=T, alpha=1.0)
     if not bool(has.any()) or alpha == 1:
         return alpha * soft
-    hard = kd_loss(student_logits[has], teacher_logits[has], labels[has], T=T, alpha=0.0)
+    labelled = labels[has]
+    if labelled.min() < 0 or labelled.max() >= student_logits.shape[1]:
+        raise ValueError(f"labels must be class indices in 0..{student_logits.shape[1] - 1} or -1 (unlabelled)")
+    hard = F.cross_entropy(student_logits[has], labelled)
     return alpha * soft + (1 - alpha) * hard
 
 
@@ -350,7 +359,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
         train_loader: yields (X, y) batches; a label of -1 (`UNLABELLED`) means
             "soft targets only" for that example (see `partially_labelled`).
         T, alpha: temperature and weight of the soft term (see `kd_loss`).
-        cache_logits: None chooses True without augmentation, False with it.
+        cache_logits: None chooses True without augmentation, False with it. A
+            `train_loader` returned by `cache_teacher_logits` is used as it is.
         the rest: as in `train`.
     Returns:
         a `History`; the student is left in eval mode.
@@ -377,9 +387,13 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
     student.to(device)
     preflight(student, teacher, [t.to(device) for t in probe_batch(train_loader.dataset)])
     _reseed(train_loader, seed)
-    loader = cache_teacher_logits(teacher, train_loader, device=device) if cache_logits else train_loader
-    if cache_logits:
+    if cache_logits and isinstance(train_loader.dataset, (_TensorsWithLogits, _WithLogits)):
+        loader = train_loader  # made by cache_teacher_logits: the logits are already there
+    elif cache_logits:
+        loader = cache_teacher_logits(teacher, train_loader, device=device)
         _reseed(loader, seed)
+    else:
+        loader = train_loader
 
     def batch_loss(m, batch):
         X, y = batch[0], batch[1]
