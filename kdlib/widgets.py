@@ -83,7 +83,7 @@ def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = N
 
     if not isinstance(slider, widgets.ValueWidget):
         raise TypeError(f"slider must be an ipywidgets slider (e.g. FloatSlider), got {type(slider).__name__}")
-    image = widgets.Image(format="png")
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width=f"{int(figsize[0] * dpi)}px"))
     caption = widgets.HTML()
 
     def update(value) -> None:
@@ -302,3 +302,118 @@ def quant_grid_frames(weights, *, bits: Sequence[int] = (2, 3, 4, 5, 6, 8), symm
 
     bits = [check_bits(b, "each bit width") for b in bits]
     return static_slider(_quant_grid_draw(weights, symmetric), bits)
+
+
+# ---------------------------------------------------------------- Chapter 7: pruning
+
+
+def weight_tiles(weight) -> np.ndarray:
+    """A layer's weights as one 2-D image. A conv's (C_out, C_in, kH, kW) kernels become a grid
+    of kH x kW tiles, one column of tiles per output channel and one row per input channel, with
+    NaN gaps between tiles; a Linear's (out, in) matrix is returned as it is.
+
+    Introduced in: notebooks/07_pruning.ipynb
+    """
+    w = torch.as_tensor(weight).detach().float().cpu()
+    if w.ndim == 2:
+        return w.numpy()
+    if w.ndim != 4:
+        raise ValueError(f"weight must be a Linear (out, in) or conv (C_out, C_in, kH, kW) tensor, "
+                         f"got shape {tuple(w.shape)}")
+    O, I, kh, kw = w.shape
+    grid = np.full((I * (kh + 1) - 1, O * (kw + 1) - 1), np.nan, dtype=np.float32)
+    for o in range(O):
+        for i in range(I):
+            grid[i * (kh + 1):i * (kh + 1) + kh, o * (kw + 1):o * (kw + 1) + kw] = w[o, i].numpy()
+    return grid
+
+
+def _survivors(weight: torch.Tensor, s: float) -> torch.Tensor:
+    """weight with its round(s * n) smallest-magnitude entries set to NaN (pruned)."""
+    w = weight.detach().float().cpu().clone()
+    k = round(float(s) * w.numel())
+    flat = w.view(-1)
+    flat[torch.topk(flat.abs(), k, largest=False).indices] = float("nan")
+    return w
+
+
+def _sparsity_draw(weight, name: str) -> Draw:
+    """draw(fig, s): the heat map of `weight` with the smallest s of |w| blanked (white);
+    the gaps between a conv's kernels are grey."""
+    from matplotlib.colors import ListedColormap
+
+    w = torch.as_tensor(weight).detach().float().cpu()
+    if w.ndim not in (2, 4) or w.numel() == 0:
+        raise ValueError(f"weight must be a non-empty Linear (out, in) or conv (C_out, C_in, kH, kW) tensor, "
+                         f"got shape {tuple(w.shape)}")
+    vmax = float(w.abs().max()) or 1.0
+    gaps = np.isnan(weight_tiles(w)).astype(float)  # 1 between tiles, 0 on weights
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad((0, 0, 0, 0))  # pruned weights let the white background through
+
+    def draw(fig: Figure, s) -> None:
+        kept = _survivors(w, s)
+        ax = fig.subplots()
+        aspect = "equal" if w.ndim == 4 else "auto"
+        ax.imshow(gaps, cmap=ListedColormap(["white", "0.75"]), vmin=0, vmax=1, aspect=aspect,
+                  interpolation="nearest")
+        im = ax.imshow(weight_tiles(kept), cmap=cmap, vmin=-vmax, vmax=vmax, aspect=aspect,
+                       interpolation="nearest")
+        alive = int((~torch.isnan(kept)).sum())
+        ax.set_title(f"{name}: sparsity {float(s):.0%}, {alive} of {w.numel()} weights survive", fontsize=9)
+        ax.set_xlabel(f"output channel (one {w.shape[2]}x{w.shape[3]} kernel per tile)" if w.ndim == 4
+                      else "input feature")
+        ax.set_ylabel("input channel" if w.ndim == 4 else "output unit")
+        ax.set_xticks([]), ax.set_yticks([])
+        fig.colorbar(im, ax=ax, label="weight", fraction=0.03)
+        fig.tight_layout()
+
+    return draw
+
+
+def _check_sparsities(values) -> list[float]:
+    values = [float(v) for v in values]
+    if any(not 0 <= v < 1 for v in values):
+        raise ValueError(f"every sparsity must be in [0, 1), got {values}")
+    return values
+
+
+def sparsity_slider(weight, *, name: str = "layer", sparsity: float = 0.5, step: float = 0.05,
+                    max_sparsity: float = 0.95, figsize=(5.5, 3.2)):
+    """A sparsity slider over one layer's weights (live, needs a kernel): the
+    heat map blanks the weights that magnitude pruning removes at that sparsity.
+
+    Args:
+        weight: a Linear (out, in) or conv (C_out, C_in, kH, kW) weight tensor.
+        name: the layer's name, for the title.
+        sparsity: initial value; step, max_sparsity: the slider's range from 0.
+    Returns:
+        the `live_plot` VBox; its caption gives the magnitude threshold.
+
+    Introduced in: notebooks/07_pruning.ipynb
+    """
+    import ipywidgets as widgets
+
+    _check_sparsities([sparsity, max_sparsity])
+    w = torch.as_tensor(weight).detach().float().cpu()
+    slider = widgets.FloatSlider(value=sparsity, min=0.0, max=max_sparsity, step=step, description="sparsity",
+                                 continuous_update=False, readout_format=".0%")
+
+    def describe(s) -> str:
+        k = round(float(s) * w.numel())
+        thr = float(w.abs().flatten().sort().values[k - 1]) if k else 0.0
+        return f"sparsity {float(s):.0%}: the {k} weights with |w| <= {thr:.4f} are pruned"
+
+    return live_plot(_sparsity_draw(w, name), slider, describe=describe, figsize=figsize)
+
+
+def sparsity_frames(weight, *, name: str = "layer", sparsities: Sequence[float] = (0, 0.25, 0.5, 0.75, 0.9, 0.95),
+                    figsize=(5.5, 3.2)) -> str:
+    """The static twin of `sparsity_slider`: one precomputed frame per sparsity.
+
+    Returns:
+        HTML of a JavaScript animation; show it with `IPython.display.HTML(...)`.
+
+    Introduced in: notebooks/07_pruning.ipynb
+    """
+    return static_slider(_sparsity_draw(weight, name), _check_sparsities(sparsities), figsize=figsize)
