@@ -25,6 +25,22 @@ def _train_teacher(args) -> int:
     return 0
 
 
+def _compress(args) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+
+    config = PipelineConfig(
+        dataset=args.dataset, data_root=args.data_root, teacher_arch=args.teacher_arch,
+        teacher_checkpoint=args.teacher_checkpoint, student_width=args.student_width, T=args.T,
+        alpha=args.alpha, distill_epochs=args.distill_epochs, prune_amount=args.prune,
+        finetune_epochs=args.finetune_epochs, executorch=not args.no_executorch, seed=args.seed)
+    summary = run_pipeline(args.out, config, force=args.force, resume=args.resume, progress=not args.quiet,
+                           log=None if args.quiet else print)
+    print(f"edge model {summary['edge_file']}: {summary['size_ratio']:.0f}x smaller, "
+          f"{summary['latency_ratio']:.0f}x faster, accuracy {100 * summary['teacher_accuracy']:.1f}% -> "
+          f"{100 * summary['edge_accuracy']:.1f}%; report in {args.out}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdlib", description="Knowledge distillation for edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -34,6 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train_teacher)
+
+    c = sub.add_parser("compress", help="teacher -> distil -> prune -> int8 -> ONNX/ExecuTorch -> report",
+                       description="Take a teacher to a small, fast, measured edge model. Writes OUT/report.md, "
+                                   "OUT/report.json, OUT/pareto.png and the model files.")
+    c.add_argument("--out", default="runs/compress", help="output folder (default: runs/compress)")
+    c.add_argument("--dataset", default="mnist5k", help="mnist5k (default), digits, mnist, fashion_mnist, cifar10")
+    c.add_argument("--data-root", default=None, help="folder with the torchvision files (torchvision data sets)")
+    c.add_argument("--teacher-arch", default=None, metavar="MODULE:FACTORY",
+                   help="your teacher's architecture, e.g. mypkg.models:make_teacher")
+    c.add_argument("--teacher-checkpoint", default=None, metavar="PATH", help="your teacher's state_dict (.pt)")
+    c.add_argument("--student-width", type=int, default=8, help="channels of the student's first block (default 8)")
+    c.add_argument("--T", type=float, default=4.0, help="distillation temperature (default 4)")
+    c.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term (default 0.9)")
+    c.add_argument("--distill-epochs", type=int, default=60, help="epochs of distillation (default 60)")
+    c.add_argument("--prune", type=float, default=0.25, help="fraction of each conv's channels to remove (default 0.25)")
+    c.add_argument("--finetune-epochs", type=int, default=20, help="distillation epochs after pruning (default 20)")
+    c.add_argument("--no-executorch", action="store_true", help="skip the ExecuTorch export")
+    c.add_argument("--seed", type=int, default=0)
+    group = c.add_mutually_exclusive_group()
+    group.add_argument("--force", action="store_true", help="start over in an OUT that holds an earlier run")
+    group.add_argument("--resume", action="store_true", help="continue an earlier run, reusing finished stages")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=_compress)
     return p
 
 
@@ -41,7 +80,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
