@@ -348,8 +348,7 @@ def _sparsity_draw(weight, name: str) -> Draw:
                          f"got shape {tuple(w.shape)}")
     vmax = float(w.abs().max()) or 1.0
     gaps = np.isnan(weight_tiles(w)).astype(float)  # 1 between tiles, 0 on weights
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad((0, 0, 0, 0))  # pruned weights let the white background through
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad=(0, 0, 0, 0))  # pruned: the white background shows
 
     def draw(fig: Figure, s) -> None:
         kept = _survivors(w, s)

@@ -365,3 +365,49 @@ def test_channel_prune_fraction_rounding():
         outs = [m.out_channels for m in pruned if isinstance(m, nn.Conv2d)]
         assert outs == [max(1, c - round(amount * c)) for c in (8, 16)]
         assert math.isclose(pruned[-1].in_features, outs[-1] * 49)
+
+
+# ---------------------------------------------------------------- the chapter's widget
+
+
+def test_weight_tiles_places_each_kernel():
+    from kdlib.widgets import weight_tiles
+
+    w = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)  # (C_out, C_in, kH, kW)
+    grid = weight_tiles(w)
+    assert grid.shape == (3 * 3 - 1, 2 * 3 - 1)  # one tile row per input channel, one column per output
+    for o in range(2):
+        for i in range(3):
+            assert (grid[i * 3:i * 3 + 2, o * 3:o * 3 + 2] == w[o, i].numpy()).all()
+    assert math.isnan(grid[2, 0]) and math.isnan(grid[0, 2])  # gaps between tiles
+    assert (weight_tiles(torch.ones(3, 4)) == 1).all()
+    with pytest.raises(ValueError, match="conv"):
+        weight_tiles(torch.ones(2, 2, 2))
+
+
+def test_sparsity_widget_blanks_exactly_the_pruned_weights():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import re
+
+    from kdlib import widgets
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 2, 3, 3)
+    kept = widgets._survivors(w, 0.75)
+    with torch.no_grad():
+        layer = nn.Conv2d(2, 4, 3)
+        layer.weight.copy_(w)
+    tprune.l1_unstructured(layer, "weight", amount=0.75)  # torch's reference mask
+    assert torch.equal(torch.isnan(kept), layer.weight_mask == 0)
+    box = widgets.sparsity_slider(w, name="conv", sparsity=0.5)
+    assert "the 36 weights" in box.caption.value
+    box.slider.value = 0.9
+    assert "the 65 weights" in box.caption.value and bytes(box.image.value).startswith(b"\x89PNG")
+    html = widgets.sparsity_frames(w, name="conv", sparsities=(0, 0.5, 0.9))
+    assert len(re.findall(r'frames\[\d+\] = "data:image/png;base64,', html)) == 3
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        widgets.sparsity_frames(w, sparsities=(0, 1.0))
+    with pytest.raises(ValueError, match="Linear"):
+        widgets.sparsity_frames(torch.ones(5), sparsities=(0, 0.5))
