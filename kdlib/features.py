@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from .data import as_tensors
 from .guards import preflight, probe_batch, warn_if_train_mode
 from .losses import check_logits, check_temperature
-from .train import History, _check_common, _check_loader, _fit, _reseed, distill, kd_loss_partial, train
+from .train import (History, _check_common, _check_loader, _fit, _reseed, _TensorsWithLogits, _WithLogits, distill,
+                    kd_loss_partial, train)
 from .utils import get_device
 
 # ----------------------------------------------------------------------------- hooks
@@ -109,7 +110,7 @@ def _collect(feats: dict, names: list[str]) -> list:
 def feature_shapes(model: nn.Module, names, input_shape) -> dict[str, tuple]:
     """The output shape (without the batch dimension) of each named layer for
     one input of `input_shape` (C, H, W); the model is run in eval mode and
-    left in the mode it was in.
+    every module is left in the mode it was in.
 
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
@@ -117,7 +118,7 @@ def feature_shapes(model: nn.Module, names, input_shape) -> dict[str, tuple]:
     if (not isinstance(input_shape, (tuple, list)) or
             not all(isinstance(s, int) and s > 0 for s in input_shape)):
         raise ValueError(f"input_shape must be a tuple of positive ints such as (1, 28, 28), got {input_shape!r}")
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         device = next(iter(model.parameters()), torch.zeros(())).device
@@ -130,7 +131,8 @@ def feature_shapes(model: nn.Module, names, input_shape) -> dict[str, tuple]:
                                  "shape the model was built for") from None
         return {n: tuple(f.shape[1:]) for n, f in zip(names, _collect(feats, names))}
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -185,7 +187,8 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, regressor:
     _check_feature("teacher_feat", teacher_feat, ndim=4)
     _check_same_batch(student_feat, teacher_feat)
     if not isinstance(regressor, nn.Module):
-        raise TypeError(f"regressor must be an nn.Module (e.g. hint_regressor(C_s, C_t)), got {type(regressor).__name__}")
+        raise TypeError("regressor must be an nn.Module (e.g. hint_regressor(C_s, C_t)), "
+                        f"got {type(regressor).__name__}")
     try:
         mapped = regressor(student_feat)
     except RuntimeError as err:
@@ -195,7 +198,8 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, regressor:
     if mapped.shape != teacher_feat.shape:
         raise ValueError(f"the regressor maps the student's features to shape {tuple(mapped.shape)}, but the "
                          f"teacher's are {tuple(teacher_feat.shape)}: pair layers with the same height and width "
-                         f"and build the regressor with hint_regressor({student_feat.shape[1]}, {teacher_feat.shape[1]})")
+                         "and build the regressor with "
+                         f"hint_regressor({student_feat.shape[1]}, {teacher_feat.shape[1]})")
     return F.mse_loss(mapped, teacher_feat.detach())
 
 
@@ -741,10 +745,13 @@ def distill_features(student: nn.Module, teacher: nn.Module, train_loader: DataL
 
     with contextlib.ExitStack() as stack:
         s_feats = stack.enter_context(capture(student, s_layers)) if s_layers else {}
-        t_feats = stack.enter_context(capture(teacher, t_layers, detach=True)) if t_layers else {}
+        live = t_layers and not cached  # the teacher runs on every batch only without a cache
+        t_feats = stack.enter_context(capture(teacher, t_layers, detach=True)) if live else {}
 
         def batch_loss(m, batch):
             X, y = batch[0], batch[1]
+            s_feats.clear()  # a layer that did not run in this pass must not leave a stale output
+            t_feats.clear()
             if cached:
                 z_t, t_list = batch[2], [batch[k] for k in where]
             else:
@@ -765,33 +772,59 @@ def distill_features(student: nn.Module, teacher: nn.Module, train_loader: DataL
 # ----------------------------------------------------------------------------- teacher chains
 
 
+def _xy_loader(train_loader: DataLoader) -> DataLoader:
+    """The plain (X, y) loader behind a loader of cached teacher outputs (same
+    batches, same shuffle); any other loader is returned as it is. A chain has a
+    different teacher at each step, so one teacher's cache must not reach the others."""
+    _check_loader(train_loader)
+    ds = train_loader.dataset
+    if isinstance(ds, (TeacherOutputs, _TensorsWithLogits)):
+        base = TensorDataset(*ds.tensors[:2])
+    elif isinstance(ds, _WithLogits):
+        base = ds.dataset
+    else:
+        return train_loader
+    shuffle = isinstance(train_loader.sampler, RandomSampler)
+    return DataLoader(base, batch_size=train_loader.batch_size, shuffle=shuffle,
+                      generator=train_loader.generator if shuffle else None)
+
+
 def teacher_assistant_chain(teacher: nn.Module, assistants: Sequence[nn.Module], student: nn.Module,
                             train_loader: DataLoader, **distill_kwargs) -> list[History]:
     """Teacher-assistant KD of Mirzadeh et al. (2020), arXiv:1902.03393.
 
         teacher -> assistant_1 -> ... -> assistant_n -> student
 
-    Each model is distilled (`kdlib.train.distill`) from the one before it, so
-    that no step crosses too large a gap in size. The assistants and the
-    student are trained in place.
+    Each model is distilled from the one before it with the KD loss, so that
+    no step crosses too large a gap in size; every step is
+    `distill_features(small, big, ...)` without a feature term, which is
+    `kdlib.train.distill`. The assistants and the student are trained in place.
 
     Args:
         teacher: the trained teacher.
         assistants: intermediate models, largest first (at least one).
         student: the final student.
-        train_loader, distill_kwargs: passed to every `distill` call.
+        train_loader: yields (X, y) batches; it may be a loader from
+            `cache_teacher_outputs(teacher, ...)`, whose cache then serves the first
+            step only (the later steps cache their own teacher's logits).
+        distill_kwargs: passed to every step (T, alpha, num_epochs, lr, seed, ...).
     Returns:
         one `History` per step (len(assistants) + 1).
 
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
+    plain = _xy_loader(train_loader)
     assistants = list(assistants)
     if not assistants:
         raise ValueError("assistants is empty: pass at least one intermediate model (or call distill directly)")
     chain = [teacher, *assistants, student]
     if len({id(m) for m in chain}) != len(chain):
         raise ValueError("the teacher, assistants and student must be different model objects")
-    return [distill(small, big, train_loader, **distill_kwargs) for big, small in zip(chain, chain[1:])]
+    histories = []
+    for big, small in zip(chain, chain[1:]):
+        own_cache = isinstance(train_loader.dataset, TeacherOutputs) and train_loader.dataset.teacher is big
+        histories.append(distill_features(small, big, train_loader if own_cache else plain, **distill_kwargs))
+    return histories
 
 
 def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *, generations: int = 1,
@@ -805,7 +838,7 @@ def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *,
 
     Args:
         make_model: builds a fresh model (called once per generation).
-        train_loader: yields (X, y) batches.
+        train_loader: yields (X, y) batches (cached teacher outputs in it are ignored).
         generations: how many distilled generations after generation 0 (>= 1).
         first: an already trained generation 0 to start from (then it is not retrained).
         train_kwargs: passed to `kdlib.train.train` for generation 0.
@@ -820,6 +853,7 @@ def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *,
         raise TypeError("make_model must be a function that builds a fresh model, e.g. lambda: StudentCNN(width=8)")
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
         raise ValueError(f"generations must be a positive int, got {generations!r}")
+    train_loader = _xy_loader(train_loader)  # each generation has its own teacher
     histories = []
     if first is None:
         first = make_model()

@@ -15,7 +15,7 @@ from kdlib.features import (FitNetsHint, TeacherOutputs, angle_potentials, atten
                             rkd_distance_loss, rkd_loss, teacher_assistant_chain)
 from kdlib.losses import kd_loss
 from kdlib.models import StudentCNN
-from kdlib.train import distill
+from kdlib.train import cache_teacher_logits, distill
 from kdlib.utils import seed_everything
 
 # The training tests use tiny random teachers: they test the plumbing (seeding, caching,
@@ -356,7 +356,8 @@ def test_rkd_bad_inputs():
 
 def test_dkd_terms_match_reference():
     torch.manual_seed(8)
-    s, t, y = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 5, 2, 2, 3])
+    s, t = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    y = torch.tensor([0, 5, 2, 2, 3])
     T = 3.0
     tckd, nckd, pt = dkd_terms(s, t, y, T)
     ps, pt_all = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
@@ -601,6 +602,11 @@ def test_teacher_assistant_chain_is_two_distillations():
         teacher_assistant_chain(teacher, [], student, loader, **kw)
     with pytest.raises(ValueError, match="different model objects"):
         teacher_assistant_chain(teacher, [student], student, loader, **kw)
+    # a cache of the teacher's outputs serves the first step only; the student learns from the assistant
+    for cached in (cache_teacher_outputs(teacher, loader, ["3"]), cache_teacher_logits(teacher, loader)):
+        ta3, student3 = tiny_model(width=4, seed=2), tiny_model(seed=3)
+        teacher_assistant_chain(teacher, [ta3], student3, cached, **kw)
+        assert same_weights(ta3, ta2) and same_weights(student3, student2)
 
 
 def test_born_again_generations():
@@ -618,6 +624,10 @@ def test_born_again_generations():
     assert models2[0] is first and len(models2) == 2 and len(histories2) == 1
     assert all(torch.equal(v, state[k]) for k, v in first.state_dict().items())
     assert same_weights(models2[1], models[1])  # the same recipe, the same first distilled generation
+    # another model's cached logits in the loader are not used as the generations' targets
+    other_cache = cache_teacher_logits(tiny_model(width=4, seed=5).eval(), loader)
+    models3, _ = born_again(lambda: tiny_model(), other_cache, first=first, **kw)
+    assert same_weights(models3[1], models[1])
 
 
 def test_born_again_bad_input():
@@ -629,3 +639,43 @@ def test_born_again_bad_input():
     same = tiny_model()
     with pytest.raises(ValueError, match="same object"):
         born_again(lambda: same, loader, first=tiny_model().eval(), generations=2, num_epochs=1, progress=False)
+
+
+# ----------------------------------------------------------------------------- the chapter's exercise checks
+
+
+def test_checks_accept_right_answers_and_explain_wrong_ones():
+    from kdlib.checks import run_check
+
+    def layer_output(model, name, X):
+        with capture(model, [name]) as feats:
+            model(X)
+        return feats[name]
+
+    def leaky_layer_output(model, name, X):  # forgets to remove its hook
+        stored = {}
+        dict(model.named_modules())[name].register_forward_hook(lambda m, i, o: stored.update(out=o))
+        model(X)
+        return stored["out"]
+
+    assert run_check("06.1", layer_output) is None
+    assert "still attached" in run_check("06.1", leaky_layer_output)
+
+    assert run_check("06.2", attention_map) is None
+    assert "L2 norm 1" in run_check("06.2", lambda f: f.pow(2).mean(1).flatten(1))
+    assert "(B, H*W)" in run_check("06.2", lambda f: attention_map(f).view(f.shape[0], *f.shape[2:]))
+
+    assert run_check("06.3", distance_potentials) is None
+
+    def raw(e):
+        i, j = torch.triu_indices(len(e), len(e), 1)
+        return (e[i] - e[j]).norm(dim=1)
+
+    assert "raw distances" in run_check("06.3", raw)
+    assert "(B, B) matrix" in run_check("06.3", lambda e: torch.cdist(e, e))
+
+    assert run_check("06.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[:2]) is None
+    assert "T^2" in run_check("06.4", lambda s, t, y, T: tuple(v / T**2 for v in dkd_terms(s, t, y, T)[:2]))
+    assert "swapped" in run_check("06.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[1::-1])
+    batch_means = run_check("06.4", lambda s, t, y, T: tuple(v.mean() for v in dkd_terms(s, t, y, T)[:2]))
+    assert "one value per example" in batch_means
