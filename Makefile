@@ -12,6 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 export OMP_NUM_THREADS ?= 1
 # apt-get needs root: use sudo when we are not root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # pip on these machines warns about every missing local index folder; keep the log readable
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
 NBVAL := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
@@ -30,7 +31,7 @@ help:
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || python3 -m venv $(VENV) || { $(APT) update -q && $(APT) install -y -q python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
 	@touch $@
@@ -39,12 +40,13 @@ $(STAMP): requirements.txt pyproject.toml
 vendor: $(VENDOR)
 
 $(VENDOR): tools/vendor_js.py tools/widgets_offline.js | $(STAMP)
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q npm; }
+	@command -v npm >/dev/null || { $(APT) update -q && $(APT) install -y -q npm; }
 	$(PY) tools/vendor_js.py
+	@touch $@
 
 # Debian's chromium for the browser tests (never `playwright install`)
 chromium:
-	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	@test -x $(CHROMIUM) || { $(APT) update -q && $(APT) install -y -q chromium; }
 
 book: setup vendor
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going

@@ -18,6 +18,7 @@ import functools
 import http.server
 import os
 import re
+import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -54,7 +55,7 @@ def _pages() -> list[str]:
     if not (SITE / "index.html").exists():
         return []
     return sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
-                  if not any(part.startswith("_") for part in p.relative_to(SITE).parts))
+                  if not any(part.startswith(("_", ".")) for part in p.relative_to(SITE).parts))
 
 
 PAGES = _pages()
@@ -85,13 +86,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # the browser may drop a connection mid-file when a page is closed: not an error here
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 @pytest.fixture(scope="module")
 def base_url():
     """http://127.0.0.1:PORT/ serving _build/html for the whole module."""
     if not PAGES:
         _missing(f"no built site at {SITE}: run `make book` first")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(SITE)))
+    server = _Server(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(SITE)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
