@@ -171,6 +171,7 @@ def _load(page: str, base: str, browser) -> PageReport:
     """Load `page` in a fresh browser context and record everything the tests below check."""
     rep = PageReport()
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(120_000)  # generous: CI machines can be slow and busy
 
     def route(r):
         if r.request.url.startswith(base) or r.request.url.startswith(("data:", "blob:")):
@@ -190,13 +191,13 @@ def _load(page: str, base: str, browser) -> PageReport:
     html = (SITE / page).read_text(encoding="utf-8")
     rep.math_in_source = len(re.findall(r'class="math[ "]|class="[^"]*\bmath notranslate', html))
     if rep.math_in_source:
-        p.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=15000)
+        p.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=60_000)
         p.evaluate("() => MathJax.startup.promise")
     rep.widget_views = html.count('type="application/vnd.jupyter.widget-view+json"')
     if rep.widget_views:
         try:
             p.wait_for_function(f"() => document.querySelectorAll('.widget-subarea > *').length >= {rep.widget_views}",
-                                timeout=15000)
+                                timeout=60_000)
         except Exception:  # counted below; the test says how many did not render
             pass
         rep.widgets_rendered = p.locator(".widget-subarea > *").count()
