@@ -1,0 +1,507 @@
+"""Export a trained model for an edge runtime: ONNX / ONNX Runtime and ExecuTorch.
+
+Both routes start from the same graph capture, `torch.export.export`, which
+turns a model into a flat graph of ATen operators (no Python left). Then:
+
+    ONNX        to_onnx -> onnx_session / run_onnx, quantize_onnx (int8)
+    ExecuTorch  quantize_xnnpack (int8, optional) -> to_executorch -> executorch_method
+
+Every file is written atomically (a temporary file in the same folder,
+then a rename), an existing file is replaced only with `overwrite=True`,
+and intermediate files live in a temporary folder that is removed.
+`check_parity` compares any exported file with the eager model;
+`make_runner` builds the zero-argument batch-1 call that
+`kdlib.bench.compare_latency` times.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .utils import atomic_write_bytes
+
+MAX_BATCH = 4096  # upper bound of the dynamic batch axis of an ONNX export
+
+
+# ---------------------------------------------------------------- checks
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _check_input(example_input) -> torch.Tensor:
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError("example_input must be a tensor of one batch, e.g. torch.zeros(1, 1, 28, 28), "
+                        f"got {type(example_input).__name__}")
+    if example_input.ndim < 1 or example_input.shape[0] < 1 or not example_input.is_floating_point():
+        raise ValueError("example_input must be a float tensor with a batch axis first, e.g. (1, C, H, W); "
+                         f"got dtype {example_input.dtype} and shape {tuple(example_input.shape)}")
+    return example_input.detach().cpu()
+
+
+def _folder_is_writable(folder: Path) -> bool:
+    # Root passes os.access on any folder, so also honour the folder's own
+    # permission bits: a folder marked read-only is never written to.
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _check_dest(path, suffix: str, overwrite: bool) -> Path:
+    """Check that `path` can be written: folder exists and is writable, the
+    suffix is right, and an existing file is only replaced with overwrite=True."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if path.suffix != suffix:
+        raise ValueError(f"{path} should end in {suffix} (the runtimes pick the format from the suffix)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; "
+                                "create it first, e.g. Path(folder).mkdir(parents=True)")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name ending in {suffix}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+    if not _folder_is_writable(path.parent):
+        raise PermissionError(f"cannot write {path}: the folder {path.parent} is read-only; "
+                              "choose a folder you can write to")
+    return path
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Write atomically, turning a low-level OS error into a clear one."""
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {err.strerror or err}; "
+                              "choose a folder you can write to") from None
+
+
+def _check_source(path, suffix: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; export it first")
+    if path.suffix != suffix:
+        raise ValueError(f"{path} should be a {suffix} file")
+    return path
+
+
+# ---------------------------------------------------------------- capture
+def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = True):
+    """Capture `model` (in eval mode) as a `torch.export.ExportedProgram`.
+
+    With `dynamic_batch=True` the first axis of the input is symbolic, so the
+    exported graph accepts any batch size from 1 to `MAX_BATCH`. (The trace
+    itself runs on two copies of the first example, because torch.export
+    treats a batch of 1 as a constant.)
+
+    Args:
+        model: the model; its training/eval mode is restored afterwards.
+        example_input: one batch `(B, C, H, W)` of the right shape and dtype.
+    Returns:
+        the ExportedProgram.
+    Raises:
+        ValueError: the model cannot be captured (Python control flow that
+            depends on tensor values, unsupported operations, wrong input shape).
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    _check_model(model)
+    x = _check_input(example_input)
+    shapes = None
+    if dynamic_batch:
+        x = x[:1].expand(2, *x.shape[1:]).contiguous()
+        shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
+    except Exception as err:  # torch.export raises many types; report the first line only
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ValueError(
+            f"{type(model).__name__} cannot be exported on an input of shape {tuple(example_input.shape)}: "
+            f"{first.strip()[:300]} ({type(err).__name__}). An exportable model runs the same operations "
+            "for every input: no Python `if` on tensor values, no .item()/.numpy(), outputs that are tensors."
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------- ONNX
+def to_onnx(model: nn.Module, example_input: torch.Tensor, path, *, overwrite: bool = False) -> Path:
+    """Export `model` to one self-contained ONNX file with a dynamic batch axis.
+
+    Uses the `torch.export`-based exporter (`dynamo=True`): the TorchScript
+    exporter is deprecated and warns on every call. The weights are stored
+    inside the file (`external_data=False`), so one file is the whole model.
+    BatchNorm is folded into the convolutions by the exporter's optimiser.
+    The input is named "input" `(B, C, H, W)`, the output "logits" `(B, K)`.
+
+    Args:
+        model: the trained model (exported in eval mode).
+        example_input: a batch `(B, C, H, W)` fixing every axis but the first.
+        path: the `.onnx` file to write (its folder must exist).
+        overwrite: replace an existing file.
+    Returns:
+        the path written.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    path = _check_dest(path, ".onnx", overwrite)
+    program = capture(model, example_input, dynamic_batch=True)
+    try:
+        onnx_program = torch.onnx.export(program, input_names=["input"], output_names=["logits"],
+                                         dynamo=True, external_data=False, verbose=False, optimize=True)
+    except Exception as err:
+        raise ValueError(f"{type(model).__name__} was captured but has an operation ONNX cannot express: "
+                         f"{str(err).strip().splitlines()[0][:300]}") from None
+    return _write(path, onnx_program.model_proto.SerializeToString())
+
+
+def onnx_session(path, threads: int = 1):
+    """An `onnxruntime.InferenceSession` on the CPU with a fixed number of threads.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    import onnxruntime as ort
+
+    path = _check_source(path, ".onnx")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ValueError(f"ONNX Runtime cannot load {path}: {str(err).strip()[:300]}") from None
+
+
+def _fixed_batch(shape) -> int | None:
+    """The batch size a runtime input insists on, or None if the axis is dynamic."""
+    first = shape[0] if len(shape) else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def run_onnx(session, X, *, batch_size: int = 256) -> torch.Tensor:
+    """Run an ONNX file (or session) on `X` `(N, C, H, W)`; returns logits `(N, K)`.
+
+    The inputs go through in chunks of `batch_size` (or one by one if the
+    file has a fixed batch of 1).
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    if isinstance(session, (str, os.PathLike)):
+        session = onnx_session(session)
+    X = _as_numpy(X)
+    spec = session.get_inputs()[0]
+    step = _fixed_batch(spec.shape) or batch_size
+    outs = [session.run(None, {spec.name: X[i:i + step]})[0] for i in range(0, len(X), step)]
+    return torch.from_numpy(np.concatenate(outs))
+
+
+def _as_numpy(X) -> np.ndarray:
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    if not isinstance(X, np.ndarray) or X.ndim < 1 or len(X) == 0:
+        raise ValueError("X must be a non-empty tensor or array (N, C, H, W)")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+class _Batches:
+    """ONNX Runtime calibration reader: hands out `X` in batches of `batch_size`."""
+
+    def __init__(self, name: str, X: np.ndarray, batch_size: int):
+        self.batches = iter([{name: X[i:i + batch_size]} for i in range(0, len(X), batch_size)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+    def rewind(self):  # ONNX Runtime calls it between calibration passes
+        raise RuntimeError("calibration data can be read once")
+
+
+def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", overwrite: bool = False) -> Path:
+    """Quantize an fp32 ONNX file to int8 with ONNX Runtime's quantization tools.
+
+    First `quant_pre_process` (shape inference and graph optimisation), then:
+
+    - mode="static": `quantize_static` in QDQ format with per-channel int8
+      weights and uint8 activations (the fast pairing on x86 CPUs without
+      VNNI); activation ranges come from running `calibration` through the
+      model (min/max calibration).
+    - mode="dynamic": `quantize_dynamic`: int8 weights, activation ranges
+      computed on the fly at every call (no calibration data needed).
+
+    Args:
+        src: the fp32 `.onnx` file.
+        dst: the `.onnx` file to write.
+        calibration: `(N, C, H, W)` real inputs (a few hundred), for mode="static".
+        mode: "static" or "dynamic".
+        overwrite: replace an existing `dst`.
+    Returns:
+        the path written.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if mode not in ("static", "dynamic"):
+        raise ValueError(f'mode must be "static" or "dynamic", got {mode!r}')
+    src = _check_source(src, ".onnx")
+    dst = _check_dest(dst, ".onnx", overwrite)
+    if mode == "static":
+        if calibration is None:
+            raise ValueError('mode="static" needs calibration data: pass calibration=X with a few hundred '
+                             'real inputs (N, C, H, W), or use mode="dynamic"')
+        spec = onnx_session(src).get_inputs()[0]
+        calib = _as_numpy(calibration)
+        if calib.shape[1:] != tuple(spec.shape[1:]):
+            raise ValueError(f"calibration inputs have shape {calib.shape[1:]} per example, "
+                             f"the model expects {tuple(spec.shape[1:])}")
+    with tempfile.TemporaryDirectory(prefix="kdlib-quant-") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre))
+        if mode == "static":
+            reader = _Batches(spec.name, calib, _fixed_batch(spec.shape) or 64)
+            quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        else:
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
+        return _write(dst, out.read_bytes())
+
+
+# ---------------------------------------------------------------- ExecuTorch
+def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration) -> nn.Module:
+    """Quantize `model` to int8 for ExecuTorch's XNNPACK back end (PT2E flow).
+
+    `torch.export` captures the model; `prepare_pt2e` with the
+    `XNNPACKQuantizer` (symmetric, per-channel int8 weights, int8 activations)
+    inserts observers; `calibration` runs through it one example at a time to
+    record activation ranges; `convert_pt2e` replaces the observers with
+    quantize/dequantize pairs that XNNPACK fuses into int8 kernels.
+
+    Args:
+        model: the fp32 model.
+        example_input: one example `(1, C, H, W)`.
+        calibration: `(N, C, H, W)` real inputs (a few hundred).
+    Returns:
+        the quantized graph module; it runs in PyTorch (simulating int8) and
+        goes to `to_executorch` to be lowered.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    x = _check_input(example_input)[:1]
+    calib = torch.as_tensor(_as_numpy(calibration))
+    if calib.shape[1:] != x.shape[1:]:
+        raise ValueError(f"calibration inputs have shape {tuple(calib.shape[1:])} per example, "
+                         f"example_input has {tuple(x.shape[1:])}")
+    class PostTrainingXNNPACKQuantizer(XNNPACKQuantizer):
+        # prepare_pt2e folds BatchNorm into the convolutions before annotating, so
+        # the QAT-only conv+BN patterns match nothing here; tracing them costs seconds.
+        SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
+
+    quantizer = PostTrainingXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(capture(model, x, dynamic_batch=False).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(calib)):
+            prepared(calib[i:i + 1])
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # so that .eval() works on it like on any model
+    return converted
+
+
+def to_executorch(model: nn.Module, example_input: torch.Tensor, path, *, overwrite: bool = False) -> Path:
+    """Lower `model` to an ExecuTorch program (`.pte`) delegated to XNNPACK.
+
+    The batch is fixed to `example_input`'s (use one example, as a device
+    would): ExecuTorch plans every buffer ahead of time for that shape.
+    `to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`
+    hands every supported subgraph to XNNPACK; the rest runs on ExecuTorch's
+    portable kernels. Pass a model from `quantize_xnnpack` for int8.
+
+    Args:
+        model: fp32 model, or the output of `quantize_xnnpack`.
+        example_input: `(1, C, H, W)`.
+        path: the `.pte` file to write (its folder must exist).
+        overwrite: replace an existing file.
+    Returns:
+        the path written.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    path = _check_dest(path, ".pte", overwrite)
+    program = capture(model, example_input, dynamic_batch=False)
+    try:
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    except Exception as err:
+        raise ValueError(f"{type(model).__name__} was captured but ExecuTorch cannot lower it: "
+                         f"{str(err).strip().splitlines()[0][:300]}") from None
+    return _write(path, lowered.buffer)
+
+
+def executorch_method(path, threads: int = 1):
+    """Load a `.pte` file with ExecuTorch's Python runtime; returns its `forward` method.
+
+    `threads` sets the size of the runtime's thread pool (used by XNNPACK).
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                              _unsafe_reset_threadpool)
+    from executorch.runtime import Runtime
+
+    path = _check_source(path, ".pte")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    try:
+        program = Runtime.get().load_program(path)
+    except Exception as err:
+        raise ValueError(f"ExecuTorch cannot load {path}: {str(err).strip()[:300]}") from None
+    if _threadpool_get_thread_count() != threads:
+        _unsafe_reset_threadpool(threads)  # "unsafe" only while another thread runs a model
+    return program.load_method("forward")
+
+
+def run_executorch(method, X) -> torch.Tensor:
+    """Run an ExecuTorch method (or `.pte` path) on `X` `(N, C, H, W)`; returns `(N, K)`.
+
+    A program exported for batch B is fed B examples at a time.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    if isinstance(method, (str, os.PathLike)):
+        method = executorch_method(method)
+    X = torch.as_tensor(_as_numpy(X))
+    step = _fixed_batch(list(method.metadata.input_tensor_meta(0).sizes())) or len(X)
+    if len(X) % step:
+        raise ValueError(f"this program takes batches of {step}; got {len(X)} inputs")
+    return torch.cat([method.execute((X[i:i + step],))[0] for i in range(0, len(X), step)])
+
+
+# ---------------------------------------------------------------- any file
+def predict(path, X, *, threads: int = 1) -> torch.Tensor:
+    """Logits `(N, K)` of an `.onnx` or `.pte` file on `X` `(N, C, H, W)`.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else None
+    if suffix == ".onnx":
+        return run_onnx(onnx_session(path, threads), X)
+    if suffix == ".pte":
+        return run_executorch(executorch_method(path, threads), X)
+    raise ValueError(f"{path!r} is neither an .onnx nor a .pte file")
+
+
+def check_parity(path, model: nn.Module, inputs: torch.Tensor, *, atol: float = 1e-4) -> float:
+    """Largest absolute difference between a file's logits and the eager model's.
+
+    Run on real inputs (not random noise: a bug can hide where the data never go).
+
+    Args:
+        path: an `.onnx` or `.pte` file exported from `model`.
+        model: the eager PyTorch model.
+        inputs: `(N, C, H, W)`.
+        atol: the largest difference accepted (fp32 files: 1e-4).
+    Returns:
+        max |file(inputs) - model(inputs)| over all logits.
+    Raises:
+        ValueError: the difference is larger than `atol`.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    _check_model(model)
+    inputs = _check_input(inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(inputs)
+    finally:
+        model.train(was_training)
+    got = predict(path, inputs)
+    if got.shape != expected.shape:
+        raise ValueError(f"{Path(path).name} returns shape {tuple(got.shape)}, the model {tuple(expected.shape)}")
+    diff = (got - expected).abs().max().item()
+    if not diff <= atol:
+        raise ValueError(f"{Path(path).name} differs from the eager model by up to {diff:.3g} "
+                         f"(> atol={atol:g}): was it exported from this model, in eval mode?")
+    return diff
+
+
+def make_runner(path, example_input: torch.Tensor, *, threads: int = 1) -> Callable[[], object]:
+    """A zero-argument function running one inference of a file on `example_input`.
+
+    This is what `kdlib.bench.compare_latency` times: the runtime call alone,
+    with the input already in the runtime's format.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    x = _check_input(example_input)
+    suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else None
+    if suffix == ".onnx":
+        session = onnx_session(path, threads)
+        feed = {session.get_inputs()[0].name: _as_numpy(x)}
+        return lambda: session.run(None, feed)
+    if suffix == ".pte":
+        method, args = executorch_method(path, threads), (x,)
+        return lambda: method.execute(args)
+    raise ValueError(f"{path!r} is neither an .onnx nor a .pte file")
+
+
+# ---------------------------------------------------------------- all at once
+BACKENDS = ("onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic", "executorch_fp32", "executorch_int8")
+
+
+def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str, *, calibration,
+               overwrite: bool = False) -> dict[str, Path]:
+    """Export `model` to every back end of the book, in `folder`, checking fp32 parity.
+
+    Files: `<name>.onnx`, `<name>_int8_static.onnx`, `<name>_int8_dynamic.onnx`,
+    `<name>.pte` and `<name>_int8.pte`.
+
+    Args:
+        model: the trained model.
+        example_input: one example `(1, C, H, W)`.
+        folder: an existing folder.
+        name: the stem of the file names, e.g. "teacher".
+        calibration: `(N, C, H, W)` real inputs for the two int8 files.
+    Returns:
+        back end (a key of `BACKENDS`) -> path.
+
+    Introduced in: notebooks/09_edge_export.ipynb
+    """
+    folder = Path(folder)
+    if not isinstance(name, str) or not name or os.sep in name:
+        raise ValueError(f"name must be a plain file stem such as 'teacher', got {name!r}")
+    x = _check_input(example_input)[:1]
+    paths = {"onnx_fp32": to_onnx(model, x, folder / f"{name}.onnx", overwrite=overwrite)}
+    paths["onnx_int8_static"] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}_int8_static.onnx",
+                                              calibration=calibration, overwrite=overwrite)
+    paths["onnx_int8_dynamic"] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}_int8_dynamic.onnx",
+                                               mode="dynamic", overwrite=overwrite)
+    paths["executorch_fp32"] = to_executorch(model, x, folder / f"{name}.pte", overwrite=overwrite)
+    paths["executorch_int8"] = to_executorch(quantize_xnnpack(model, x, calibration),
+                                             x, folder / f"{name}_int8.pte", overwrite=overwrite)
+    real = torch.as_tensor(_as_numpy(calibration))[:32]
+    for backend in ("onnx_fp32", "executorch_fp32"):
+        check_parity(paths[backend], model, real)
+    return paths
