@@ -164,7 +164,12 @@ def mse_range(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False, ax
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
         raise ValueError(f"grid must be a positive int, got {grid!r}")
     axis = _check_axis(axis, x.ndim)
-    rows = _per_channel(x.detach().float(), axis)                    # (C, N)
+    lo, hi = _mse_rows(_per_channel(x.detach().float(), axis), num_bits, symmetric, grid)
+    return (lo[0], hi[0]) if axis is None else (lo, hi)
+
+
+def _mse_rows(rows: torch.Tensor, num_bits: int, symmetric: bool, grid: int = 100):
+    """mse_range on rows (C, N) that are already checked: returns (low, high), each (C,)."""
     lo, hi = rows.amin(1).clamp(max=0), rows.amax(1).clamp(min=0)    # (C,)
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
     ratios = torch.arange(1, grid + 1, dtype=torch.float32) / grid        # (G,)
@@ -176,9 +181,7 @@ def mse_range(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False, ax
         q = torch.clamp(torch.round(rows / scale) + zp, qmin, qmax)                                 # (g, C, N)
         errs.append(((q - zp) * scale - rows).pow(2).mean(-1))                                      # (g, C)
     best = ratios[torch.cat(errs).argmin(0)]   # (C,) the first (smallest) ratio wins ties
-    best_lo, best_hi = best * lo, best * hi
-    return (best_lo[0], best_hi[0]) if axis is None else (best_lo, best_hi)
-
+    return best * lo, best * hi
 
 def compute_qparams(min_val, max_val, num_bits: int = 8, *,
                     symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,6 +449,7 @@ class _QuantWrapper(nn.Module):
     def __init__(self, module: nn.Module, num_bits: int, *, act_num_bits: int | None, quantize_activations: bool,
                  per_channel: bool, weight_method: str, act_method: str):
         super().__init__()
+        _check_tensor(module.weight.detach(), "the layer's weight")
         self.module = module
         self.num_bits = check_bits(num_bits)
         self.per_channel, self.weight_method = bool(per_channel), _check_method(weight_method)
@@ -456,10 +460,18 @@ class _QuantWrapper(nn.Module):
         """The weight on its symmetric grid (per output channel by default), with STE gradients."""
         w = self.module.weight
         axis = 0 if self.per_channel else None
-        with torch.no_grad():
-            lo, hi = observe_range(w, self.weight_method, self.num_bits, symmetric=True, axis=axis)
-            scale, zp = compute_qparams(lo, hi, self.num_bits, symmetric=True)
-        return fake_quantize(w, self.num_bits, symmetric=True, axis=axis, scale=scale, zero_point=zp)
+        with torch.no_grad():  # the range is a constant for the gradient; the weights were checked at wrap time
+            rows = _per_channel(w.detach(), axis)                                   # (C, N) or (1, N)
+            if self.weight_method == "mse":
+                lo, hi = _mse_rows(rows, self.num_bits, True)
+            elif self.weight_method == "minmax":
+                lo, hi = rows.amin(1), rows.amax(1)
+            else:
+                lo, hi = percentile_range(rows, axis=0)
+            scale, zp = compute_qparams(lo, hi, self.num_bits, symmetric=True)     # (C,) or (1,)
+        qmin, qmax = qrange(self.num_bits, symmetric=True)
+        s_b, zp_b = (_broadcast(scale, w, axis), _broadcast(zp.float(), w, axis))
+        return FakeQuantSTE.apply(w, s_b.to(w.dtype), zp_b.to(w.dtype), qmin, qmax)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Observe x while calibrating; otherwise put it on the observed activation grid."""
@@ -470,7 +482,8 @@ class _QuantWrapper(nn.Module):
             obs.update(x)
             return x
         scale, zp = obs.qparams()
-        return fake_quantize(x, obs.num_bits, scale=scale, zero_point=zp)
+        qmin, qmax = qrange(obs.num_bits)
+        return FakeQuantSTE.apply(x, scale.to(x.dtype), zp.to(x.dtype), qmin, qmax)
 
     def extra_repr(self) -> str:
         acts = f"act_num_bits={self.act_observer.num_bits}" if self.act_observer is not None else "float activations"

@@ -324,6 +324,29 @@ def test_weight_only_at_16_bits_and_weights_on_grid():
         assert qi.min() >= -1 and qi.max() <= 1 and (zp == 0).all()
 
 
+@pytest.mark.parametrize("method", ["minmax", "mse", "percentile"])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_wrapper_weight_equals_public_fake_quantize(method, per_channel):
+    m = _student()
+    q = Q.prepare_qat(m, 3, quantize_activations=False, weight_method=method, per_channel=per_channel)
+    axis = 0 if per_channel else None
+    for layer in Q.quant_layers(q).values():
+        w = layer.module.weight.detach()
+        lo, hi = Q.observe_range(w, method, 3, symmetric=True, axis=axis)
+        s, z = Q.compute_qparams(lo, hi, 3, symmetric=True)
+        ref = Q.fake_quantize(w, 3, symmetric=True, axis=axis, scale=s, zero_point=z)
+        torch.testing.assert_close(layer.quantized_weight().detach(), ref)
+
+
+def test_activation_fake_quant_uses_calibrated_grid():
+    m = _student()
+    q = Q.calibrate(Q.prepare_qat(m, 4), [(torch.randn(16, 1, 28, 28),)])
+    x = torch.randn(4, 1, 28, 28)
+    obs = q[0].act_observer
+    s, z = obs.qparams()
+    torch.testing.assert_close(q[0].quantize_input(x), Q.fake_quantize(x, 4, scale=s, zero_point=z))
+
+
 def test_qat_gradients_reach_weights():
     m = _student()
     q = Q.calibrate(Q.prepare_qat(m, 4).train(), [(torch.randn(8, 1, 28, 28),)])
