@@ -327,6 +327,8 @@ def _tiny_loader():
     return make_loader(TensorDataset(X, y), 32, shuffle=True), make_loader(TensorDataset(X, y), 64)
 
 
+# the teacher here is an untrained copy: the test checks the plumbing, not what is learnt
+@pytest.mark.filterwarnings("ignore::kdlib.guards.WeakTeacherWarning")
 @pytest.mark.parametrize("use_teacher", [False, True])
 def test_prune_and_finetune_unstructured(use_teacher):
     loader, val = _tiny_loader()
