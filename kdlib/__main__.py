@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--teacher-arch", default=None, metavar="MODULE:FACTORY",
                    help="your teacher's architecture, e.g. mypkg.models:make_teacher")
     c.add_argument("--teacher-checkpoint", default=None, metavar="PATH", help="your teacher's state_dict (.pt)")
-    c.add_argument("--student-width", type=int, default=8, help="channels of the student's first block (default 8)")
+    c.add_argument("--student-width", type=int, default=12, help="channels of the student's first block (default 12)")
     c.add_argument("--T", type=float, default=4.0, help="distillation temperature (default 4)")
     c.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term (default 0.9)")
     c.add_argument("--distill-epochs", type=int, default=60, help="epochs of distillation (default 60)")
