@@ -3,8 +3,9 @@ teacher assistants and born-again networks.
 
 Reading a layer's output uses forward hooks (`capture`); each loss is a
 small function with its formula and paper; `distill_features` is the
-distillation loop of `kdlib.train` with a feature term added; the teacher
-chains are short compositions of `kdlib.train.train` and `kdlib.train.distill`.
+distillation loop of `kdlib.train` with a feature term added (without one,
+it is `kdlib.train.distill`); the teacher chains are short compositions of
+`kdlib.train.train` and that loop.
 
 Introduced in: notebooks/06_beyond_logits.ipynb
 """
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from .data import as_tensors
 from .guards import preflight, probe_batch, warn_if_train_mode
 from .losses import check_logits, check_temperature
-from .train import (History, _check_common, _check_loader, _fit, _reseed, _TensorsWithLogits, _WithLogits, distill,
+from .train import (History, _check_common, _check_loader, _fit, _reseed, _TensorsWithLogits, _WithLogits,
                     kd_loss_partial, train)
 from .utils import get_device
 
@@ -582,6 +583,18 @@ class _StudentAndLoss(nn.Module):
         return self.student(X)
 
 
+class _Replay(nn.Module):
+    """Stands in for a cached teacher in `kdlib.guards.preflight`: returns the
+    teacher's cached logits of the probe batch instead of running the teacher again."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, X):
+        return self.logits
+
+
 class TeacherOutputs(TensorDataset):
     """A training set with a teacher's outputs cached beside each example:
     items are (X, y, teacher_logits, *features), one feature per name in
@@ -599,6 +612,12 @@ class TeacherOutputs(TensorDataset):
     @property
     def teacher(self) -> nn.Module | None:
         return self._teacher()
+
+    def __getitems__(self, indices: list) -> list[torch.Tensor]:
+        """A whole batch in one indexing per tensor (the DataLoader's fast path);
+        `_stacked` then passes it through instead of collating item by item."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return [t[index] for t in self.tensors]
 
     def __repr__(self) -> str:
         return f"TeacherOutputs(n={len(self)}, layers={list(self.layers)})"
@@ -646,8 +665,13 @@ def cache_teacher_outputs(teacher: nn.Module, train_loader: DataLoader, layers: 
     outs = [torch.cat(o) for o in outs]
     cached = TeacherOutputs(X, y, outs[0], outs[1:], layers, teacher)
     shuffle = isinstance(train_loader.sampler, RandomSampler)
-    return DataLoader(cached, batch_size=train_loader.batch_size, shuffle=shuffle,
+    return DataLoader(cached, batch_size=train_loader.batch_size, shuffle=shuffle, collate_fn=_stacked,
                       generator=train_loader.generator if shuffle else None)
+
+
+def _stacked(batch: list) -> list:
+    """The collate function of a `TeacherOutputs` loader: its batches come already stacked."""
+    return batch
 
 
 def _check_cache(cache: TeacherOutputs, teacher: nn.Module, layers: list[str]) -> None:
@@ -733,12 +757,13 @@ def distill_features(student: nn.Module, teacher: nn.Module, train_loader: DataL
     device = get_device(device)
     teacher.eval().to(device)
     model = _StudentAndLoss(student, feature_loss).to(device)
-    preflight(student, teacher, [t.to(device) for t in probe_batch(train_loader.dataset)])
-    _reseed(train_loader, seed)
+    probe = [t.to(device) for t in probe_batch(train_loader.dataset)]
     loader, cached = train_loader, isinstance(train_loader.dataset, TeacherOutputs)
     if cached:
         _check_cache(train_loader.dataset, teacher, t_layers)
-    elif cache_teacher:
+    preflight(student, _Replay(probe[2]) if cached else teacher, probe)
+    _reseed(train_loader, seed)
+    if not cached and cache_teacher:
         loader, cached = cache_teacher_outputs(teacher, train_loader, t_layers, device=device), True
         _reseed(loader, seed)
     where = [3 + loader.dataset.layers.index(n) for n in t_layers] if cached else []
@@ -842,7 +867,8 @@ def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *,
         generations: how many distilled generations after generation 0 (>= 1).
         first: an already trained generation 0 to start from (then it is not retrained).
         train_kwargs: passed to `kdlib.train.train` for generation 0.
-        distill_kwargs: passed to `kdlib.train.distill` for the later generations.
+        distill_kwargs: passed to `distill_features` (without a feature term, that is
+            `kdlib.train.distill`) for the later generations: T, alpha, num_epochs, lr, seed, ...
     Returns:
         (models, histories): generations + 1 models (generation 0 first) and the
         histories of the runs that happened.
@@ -863,6 +889,6 @@ def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *,
         nxt = make_model()
         if nxt is models[-1]:
             raise ValueError("make_model returned the same object twice; it must build a new model each call")
-        histories.append(distill(nxt, models[-1], train_loader, **distill_kwargs))
+        histories.append(distill_features(nxt, models[-1], train_loader, **distill_kwargs))
         models.append(nxt)
     return models, histories

@@ -679,3 +679,21 @@ def test_checks_accept_right_answers_and_explain_wrong_ones():
     assert "swapped" in run_check("06.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[1::-1])
     batch_means = run_check("06.4", lambda s, t, y, T: tuple(v.mean() for v in dkd_terms(s, t, y, T)[:2]))
     assert "one value per example" in batch_means
+
+
+def test_shared_cache_never_runs_the_teacher_but_still_guards_it():
+    from kdlib.guards import WeakTeacherWarning
+
+    data = tiny_data()
+    teacher = tiny_model(width=4, seed=1).eval()
+    loader = make_loader(data, 16, shuffle=True, seed=0)
+    shared = cache_teacher_outputs(teacher, loader, ["3"])
+    calls = []
+    handle = teacher.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        with pytest.warns(WeakTeacherWarning):  # a random teacher: the guard sees the cached logits
+            distill_features(tiny_model(), teacher, shared, lambda s, t: attention_loss(s[0], t[0]),
+                             student_layers=["3"], teacher_layers=["3"], num_epochs=1, progress=False)
+    finally:
+        handle.remove()
+    assert calls == []
