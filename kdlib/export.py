@@ -15,8 +15,13 @@ and intermediate files live in a temporary folder that is removed.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -94,6 +99,78 @@ def _check_source(path, suffix: str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- quiet
+class _HoldRecords(logging.Filter):
+    """A logging filter that keeps records back instead of letting them through."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record):
+        self.records.append(record)
+        return False
+
+
+class _Held:
+    """What `_held_diagnostics` keeps back; set `.replay = False` to discard it."""
+
+    replay = True
+
+
+@contextlib.contextmanager
+def _held_diagnostics(*logger_names: str, drop: str | None = None):
+    """Hold back the records of the named loggers and what Python code prints to
+    stderr; afterwards replay them (all log records but those whose message
+    contains `drop`), unless the block set `.replay = False` on what it got."""
+    state, printed = _Held(), io.StringIO()
+    holds = {name: _HoldRecords() for name in logger_names}
+    for name, hold in holds.items():
+        logging.getLogger(name).addFilter(hold)
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield state
+    finally:
+        for name, hold in holds.items():
+            logger = logging.getLogger(name)
+            logger.removeFilter(hold)
+            for record in hold.records if state.replay else ():
+                if drop is None or drop not in record.getMessage():
+                    logger.handle(record)
+        if state.replay:
+            sys.stderr.write(printed.getvalue())
+
+
+def _quiet_import(name: str):
+    """Import an ExecuTorch module. Importing it registers a torchao enum with
+    torch's pytree, which logs a deprecation notice meant for torchao's
+    developers (not for our readers); that one notice is dropped."""
+    with _held_diagnostics("torch.utils._pytree", drop="register_constant() on Enum subclasses"):
+        return importlib.import_module(name)
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """Hold back what C++ code writes to file descriptor 2 (ExecuTorch logs CPU
+    detection and thread-pool resizes there, which a notebook shows as noise).
+    If the block raises, the held text is written out, so nothing is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    held = tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if failed:
+            held.seek(0)
+            sys.stderr.write(held.read().decode("utf-8", "replace"))
+        held.close()
+
+
 # ---------------------------------------------------------------- capture
 def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = True):
     """Capture `model` (in eval mode) as a `torch.export.ExportedProgram`.
@@ -123,14 +200,20 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: boo
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
-    except Exception as err:  # torch.export raises many types; report the first line only
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise ValueError(
-            f"{type(model).__name__} cannot be exported on an input of shape {tuple(example_input.shape)}: "
-            f"{first.strip()[:300]} ({type(err).__name__}). An exportable model runs the same operations "
-            "for every input: no Python `if` on tensor values, no .item()/.numpy(), outputs that are tensors."
-        ) from None
+        # On failure torch.export prints the partial graph to stderr and logs warnings
+        # about its symbols; the one clear error below replaces them.
+        with _held_diagnostics("torch.fx.experimental.symbolic_shapes") as held:
+            try:
+                return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
+            except Exception as err:  # torch.export raises many types; report the first line only
+                held.replay = False
+                first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+                raise ValueError(
+                    f"{type(model).__name__} cannot be exported on an input of shape "
+                    f"{tuple(example_input.shape)}: {first.strip()[:300]} ({type(err).__name__}). An exportable "
+                    "model runs the same operations for every input: no Python `if` on tensor values, "
+                    "no .item()/.numpy(), outputs that are tensors."
+                ) from None
     finally:
         model.train(was_training)
 
@@ -308,8 +391,8 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
 
     Introduced in: notebooks/09_edge_export.ipynb
     """
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
+    xnnpack_quantizer = _quiet_import("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    XNNPACKQuantizer = xnnpack_quantizer.XNNPACKQuantizer
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -323,7 +406,8 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
         # the QAT-only conv+BN patterns match nothing here; tracing them costs seconds.
         SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
 
-    quantizer = PostTrainingXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = xnnpack_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = PostTrainingXNNPACKQuantizer().set_global(config)
     prepared = prepare_pt2e(capture(model, x, dynamic_batch=False).module(), quantizer)
     with torch.no_grad():
         for i in range(len(calib)):
@@ -352,8 +436,8 @@ def to_executorch(model: nn.Module, example_input: torch.Tensor, path, *, overwr
 
     Introduced in: notebooks/09_edge_export.ipynb
     """
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    XnnpackPartitioner = _quiet_import("executorch.backends.xnnpack.partition.xnnpack_partitioner").XnnpackPartitioner
+    to_edge_transform_and_lower = _quiet_import("executorch.exir").to_edge_transform_and_lower
 
     path = _check_dest(path, ".pte", overwrite)
     program = capture(model, example_input, dynamic_batch=False)
@@ -372,20 +456,20 @@ def executorch_method(path, threads: int = 1):
 
     Introduced in: notebooks/09_edge_export.ipynb
     """
-    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
-                                                              _unsafe_reset_threadpool)
-    from executorch.runtime import Runtime
-
     path = _check_source(path, ".pte")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
-    try:
-        program = Runtime.get().load_program(path)
-    except Exception as err:
-        raise ValueError(f"ExecuTorch cannot load {path}: {str(err).strip()[:300]}") from None
-    if _threadpool_get_thread_count() != threads:
-        _unsafe_reset_threadpool(threads)  # "unsafe" only while another thread runs a model
-    return program.load_method("forward")
+    Runtime = _quiet_import("executorch.runtime").Runtime
+    pool = _quiet_import("executorch.extension.pybindings.portable_lib")
+    # The runtime logs its CPU detection and thread-pool size from C++; keep that out of the output.
+    with _native_stderr_held():
+        if pool._threadpool_get_thread_count() != threads:
+            pool._unsafe_reset_threadpool(threads)  # "unsafe" only while another thread runs a model
+        try:
+            program = Runtime.get().load_program(path)
+            return program.load_method("forward")
+        except Exception as err:
+            raise ValueError(f"ExecuTorch cannot load {path}: {str(err).strip()[:300]}") from None
 
 
 def run_executorch(method, X) -> torch.Tensor:
