@@ -36,7 +36,10 @@ _EPS = torch.finfo(torch.float32).eps  # smallest scale we allow (as PyTorch's o
 # --------------------------------------------------------------------------- checks
 
 def check_bits(num_bits, name: str = "num_bits") -> int:
-    """Raise a clear error unless `num_bits` is an int between 2 and 16."""
+    """Raise a clear error unless `num_bits` is an int between 2 and 16; return it.
+
+    Introduced in: notebooks/08_quantization.ipynb
+    """
     if isinstance(num_bits, bool) or not isinstance(num_bits, int):
         raise TypeError(f"{name} must be an int between {MIN_BITS} and {MAX_BITS}, "
                         f"got {type(num_bits).__name__} {num_bits!r}")
@@ -446,8 +449,9 @@ class Observer(nn.Module):
 class _QuantWrapper(nn.Module):
     """Shared logic of QConv2d and QLinear: fake-quantized weights and (optionally) inputs."""
 
-    def __init__(self, module: nn.Module, num_bits: int, *, act_num_bits: int | None, quantize_activations: bool,
-                 per_channel: bool, weight_method: str, act_method: str):
+    def __init__(self, module: nn.Module, num_bits: int, *, act_num_bits: int | None = None,
+                 quantize_activations: bool = True, per_channel: bool = True, weight_method: str = "minmax",
+                 act_method: str = "minmax"):
         super().__init__()
         _check_tensor(module.weight.detach(), "the layer's weight")
         self.module = module
@@ -612,6 +616,8 @@ def quant_layers(model: nn.Module) -> dict[str, _QuantWrapper]:
 
     Introduced in: notebooks/08_quantization.ipynb
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return {n: m for n, m in model.named_modules() if isinstance(m, _QuantWrapper)}
 
 
@@ -644,11 +650,19 @@ def calibrate(model: nn.Module, loader, *, num_batches: int = 8, device=None) ->
     for obs in observers:
         obs.reset()
         obs.observing = True
+    if not hasattr(loader, "__iter__") or isinstance(loader, (str, bytes, dict)):
+        raise TypeError(f"loader must yield (X, ...) batches, e.g. a DataLoader, got {type(loader).__name__}")
     try:
         for i, batch in enumerate(loader):
             if i == num_batches:
                 break
-            model(batch[0].to(device))
+            if not isinstance(batch, (list, tuple)) or not batch or not isinstance(batch[0], torch.Tensor):
+                raise TypeError("loader must yield (X, ...) batches with X a (B, C, H, W) tensor")
+            try:
+                model(batch[0].to(device))
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise ValueError(f"the model cannot run on a batch of shape {tuple(batch[0].shape)}: "
+                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     finally:
         for obs in observers:
             obs.observing = False
