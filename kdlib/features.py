@@ -285,7 +285,7 @@ def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: fl
 
     with Q = vec(mean_c |A_c|^p) (see `attention_map`). This is the
     squared-distance form of the authors' code (averaged over the batch and
-    the H*W positions); the paper weights it by beta/2 with beta = 1000.
+    the H*W positions), which weights it by beta = 1000 per layer pair.
     If the two maps have different resolutions, the smaller one is resized
     bilinearly to the larger. The channel counts may differ.
 
@@ -368,10 +368,10 @@ def _angle_cube(e: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torc
     G = e @ e.T                                                                           # (B, B)
     dots = G.unsqueeze(0) - G.unsqueeze(2) - G.unsqueeze(1) + G.diagonal().view(B, 1, 1)  # dots[j, i, k]
     D, ok = _distances(e, eps)
-    D = torch.where(ok, D, torch.ones_like(D))
+    inv = torch.where(ok, 1 / torch.where(ok, D, torch.ones_like(D)), torch.zeros_like(D))  # 0 where undefined
+    cos = dots * inv.unsqueeze(2) * inv.unsqueeze(1)                                      # (B, B, B)
     valid = ok.unsqueeze(2) & ok.unsqueeze(1)                                             # e_i != e_j, e_k != e_j
     valid &= ~torch.eye(B, dtype=torch.bool, device=e.device).unsqueeze(0)                # i != k
-    cos = torch.where(valid, dots / (D.unsqueeze(2) * D.unsqueeze(1)), torch.zeros_like(dots))
     return cos, valid
 
 
