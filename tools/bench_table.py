@@ -65,7 +65,7 @@ def run_bench(script: Path, timeout: float) -> list[Row]:
         out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [Row(script.name, "(all)", "FAILED", f"still running after {timeout:.0f} s")]
+        return [Row(script.name, "(all)", "FAILED", f"still running after {timeout:.0f} s (see --timeout)")]
     took = f"ran in {time.perf_counter() - t0:.0f} s"
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
     p.add_argument("--cache", type=Path, default=ROOT / "_build" / ".jupyter_cache",
                    help="jupyter cache of the book build (default _build/.jupyter_cache)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per bench script (default 600)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per bench script (default 1800)")
     p.add_argument("--time-book", action="store_true", help="execute every notebook now and time it")
     p.add_argument("--no-bench", action="store_true", help="only the book's execution times")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
