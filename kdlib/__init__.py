@@ -6,6 +6,7 @@ Modules, each importing only from those above it:
     models   teacher and student families
     losses   soft targets and the distillation loss
     train    train / distill / evaluate
+    features forward hooks; FitNets, attention, relational and decoupled KD; teacher chains
     bench    params, MACs, bytes, latency
 """
 __version__ = "0.1.0"
