@@ -149,28 +149,6 @@ def _quiet_import(name: str):
         return importlib.import_module(name)
 
 
-@contextlib.contextmanager
-def _native_stderr_held():
-    """Hold back what C++ code writes to file descriptor 2 (ExecuTorch logs CPU
-    detection and thread-pool resizes there, which a notebook shows as noise).
-    If the block raises, the held text is written out, so nothing is lost."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    held = tempfile.TemporaryFile()
-    os.dup2(held.fileno(), 2)
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        if failed:
-            held.seek(0)
-            sys.stderr.write(held.read().decode("utf-8", "replace"))
-        held.close()
-
-
 # ---------------------------------------------------------------- capture
 def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = True):
     """Capture `model` (in eval mode) as a `torch.export.ExportedProgram`.
@@ -462,7 +440,7 @@ def executorch_method(path, threads: int = 1):
     Runtime = _quiet_import("executorch.runtime").Runtime
     pool = _quiet_import("executorch.extension.pybindings.portable_lib")
     # The runtime logs its CPU detection and thread-pool size from C++; keep that out of the output.
-    with _native_stderr_held():
+    with native_stderr_silenced():
         if pool._threadpool_get_thread_count() != threads:
             pool._unsafe_reset_threadpool(threads)  # "unsafe" only while another thread runs a model
         try:
@@ -563,61 +541,78 @@ BACKENDS = ("onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic", "executorch_fp
 
 
 def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str, *, calibration,
-               overwrite: bool = False) -> dict[str, Path]:
-    """Export `model` to every back end of the book, in `folder`, checking fp32 parity.
+               backends=BACKENDS, overwrite: bool = False) -> dict[str, Path]:
+    """Export `model` to the back ends of the book, in `folder`, checking fp32 parity.
 
     Files: `<name>.onnx`, `<name>_int8_static.onnx`, `<name>_int8_dynamic.onnx`,
-    `<name>.pte` and `<name>_int8.pte`.
+    `<name>.pte` and `<name>_int8.pte` (those of the chosen `backends`). The
+    int8 ONNX files need the fp32 one, which is then written too.
 
     Args:
         model: the trained model.
         example_input: one example `(1, C, H, W)`.
         folder: an existing folder.
         name: the stem of the file names, e.g. "teacher".
-        calibration: `(N, C, H, W)` real inputs for the two int8 files.
+        calibration: `(N, C, H, W)` real inputs for the int8 files; the fp32
+            files are checked against the model on the first 32 of them.
+        backends: which files to make, a subset of `BACKENDS` (default: all).
     Returns:
-        back end (a key of `BACKENDS`) -> path.
+        back end -> path, in the order of `BACKENDS`.
 
     Introduced in: notebooks/09_edge_export.ipynb
     """
     folder = Path(folder)
     if not isinstance(name, str) or not name or os.sep in name:
         raise ValueError(f"name must be a plain file stem such as 'teacher', got {name!r}")
+    unknown = set(backends) - set(BACKENDS)
+    if unknown or not backends:
+        raise ValueError(f"backends must be a non-empty subset of {BACKENDS}, got {tuple(backends)!r}")
     x = _check_input(example_input)[:1]
-    paths = {"onnx_fp32": to_onnx(model, x, folder / f"{name}.onnx", overwrite=overwrite)}
-    paths["onnx_int8_static"] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}_int8_static.onnx",
-                                              calibration=calibration, overwrite=overwrite)
-    paths["onnx_int8_dynamic"] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}_int8_dynamic.onnx",
-                                               mode="dynamic", overwrite=overwrite)
-    paths["executorch_fp32"] = to_executorch(model, x, folder / f"{name}.pte", overwrite=overwrite)
-    paths["executorch_int8"] = to_executorch(quantize_xnnpack(model, x, calibration),
-                                             x, folder / f"{name}_int8.pte", overwrite=overwrite)
     real = torch.as_tensor(_as_numpy(calibration))[:32]
-    for backend in ("onnx_fp32", "executorch_fp32"):
-        check_parity(paths[backend], model, real)
+    paths = {}
+    if {"onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic"} & set(backends):
+        paths["onnx_fp32"] = to_onnx(model, x, folder / f"{name}.onnx", overwrite=overwrite)
+        check_parity(paths["onnx_fp32"], model, real)
+    for backend, mode in (("onnx_int8_static", "static"), ("onnx_int8_dynamic", "dynamic")):
+        if backend in backends:
+            paths[backend] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}_{backend[5:]}.onnx",
+                                           calibration=calibration, mode=mode, overwrite=overwrite)
+    if "executorch_fp32" in backends:
+        paths["executorch_fp32"] = to_executorch(model, x, folder / f"{name}.pte", overwrite=overwrite)
+        check_parity(paths["executorch_fp32"], model, real)
+    if "executorch_int8" in backends:
+        paths["executorch_int8"] = to_executorch(quantize_xnnpack(model, x, calibration),
+                                                 x, folder / f"{name}_int8.pte", overwrite=overwrite)
     return paths
 
 
 class native_stderr_silenced:
-    """Context manager: send the C++ runtimes' own messages (ExecuTorch prints
-    "Resetting threadpool", "Failed to open midr file", ... straight to file
-    descriptor 2) to /dev/null while it is open. Python exceptions still
-    propagate, and are printed after it closes.
+    """Context manager: hold back the runtimes' own messages while it is open
+    (ExecuTorch prints "Resetting threadpool", "Failed to open midr file", ...).
+    They reach file descriptor 2 from C++, or Python's `sys.stderr` when the
+    runtime routes its log through Python (it does inside Jupyter), so both are
+    held. If the block raises, the held text is written out after it closes,
+    so nothing is lost when something fails.
 
     Introduced in: notebooks/10_capstone.ipynb
     """
 
     def __enter__(self):
-        import sys
-
         sys.stderr.flush()
         self._saved = os.dup(2)
-        self._null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(self._null, 2)
+        self._held = tempfile.TemporaryFile()  # unnamed: nothing to clean up
+        os.dup2(self._held.fileno(), 2)
+        self._printed = io.StringIO()
+        self._redirect = contextlib.redirect_stderr(self._printed)
+        self._redirect.__enter__()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        self._redirect.__exit__(exc_type, *exc)
         os.dup2(self._saved, 2)
         os.close(self._saved)
-        os.close(self._null)
+        if exc_type is not None:
+            self._held.seek(0)
+            sys.stderr.write(self._held.read().decode("utf-8", "replace") + self._printed.getvalue())
+        self._held.close()
         return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -290,3 +291,43 @@ def test_loading_errors_are_clear(tmp_path):
         export.onnx_session(bad, threads=0)
     with pytest.raises(ValueError, match="neither an .onnx nor a .pte"):
         export.predict(Path("model.pt"), torch.ones(1, 1, 8, 8))
+
+
+# ---------------------------------------------------------------- quiet output
+def test_a_failed_capture_prints_nothing_but_the_error(capfd):
+    with pytest.raises(ValueError, match="Gate cannot be exported"):
+        export.capture(Gate(), torch.ones(1, 1, 4, 4))
+    out, err = capfd.readouterr()
+    assert "def forward" not in err and "Unable to find user code" not in err  # torch's partial graph
+    assert out == ""
+
+
+def test_native_stderr_is_held_back_and_shown_on_failure(capfd):
+    with export.native_stderr_silenced():
+        os.write(2, b"native chatter\n")
+        print("routed through Python", file=sys.stderr)  # what ExecuTorch does inside Jupyter
+    err = capfd.readouterr().err
+    assert "native chatter" not in err and "routed through Python" not in err
+    with pytest.raises(RuntimeError, match="boom"):
+        with export.native_stderr_silenced():
+            os.write(2, b"native error detail\n")
+            raise RuntimeError("boom")
+    assert "native error detail" in capfd.readouterr().err
+
+
+def test_loading_an_executorch_program_is_quiet(files, capfd):
+    for threads in (2, 1):  # each change of the pool size is logged by the C++ runtime
+        method = export.executorch_method(files["executorch_fp32"], threads=threads)
+        export.run_executorch(method, torch.zeros(1, 1, 28, 28))
+    assert "threadpool" not in capfd.readouterr().err
+
+
+def test_export_all_makes_only_the_chosen_files(student, data, tmp_path):
+    paths = export.export_all(student, data["x1"], tmp_path, "s", calibration=data["calibration"][:16],
+                              backends=("onnx_int8_dynamic",))
+    assert list(paths) == ["onnx_fp32", "onnx_int8_dynamic"]  # the int8 file needs the fp32 one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx", "s_int8_dynamic.onnx"]
+    with pytest.raises(ValueError, match="backends must be a non-empty subset"):
+        export.export_all(student, data["x1"], tmp_path, "s", calibration=data["calibration"], backends=("tflite",))
+    with pytest.raises(ValueError, match="plain file stem"):
+        export.export_all(student, data["x1"], tmp_path, "a/b", calibration=data["calibration"])
