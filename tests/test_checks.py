@@ -98,6 +98,22 @@ def _structure(path: Path):
     return nb, exercises
 
 
+def _open_ended(nb, ex) -> bool:
+    """An exercise with no starter and no solution that says it is open-ended (no check)."""
+    return (not ex.starters(nb) and ex.solution_label is None
+            and "open-ended" in nb.cells[ex.cell].source.lower())
+
+
+def _checked(nb, exercises):
+    return [ex for ex in exercises if not _open_ended(nb, ex)]
+
+
+def _solution_ids(nb, ex) -> list[str]:
+    """The exercise ids a solution asserts, in order."""
+    solution = "\n".join(nb.cells[i].source for i in ex.solution_code)
+    return re.findall(r"^\s*assert\s+check\(\s*[\"']([^\"']+)[\"']", solution, flags=re.M)
+
+
 def _last_statement(source: str) -> str:
     lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return lines[-1] if lines else ""
@@ -105,8 +121,10 @@ def _last_statement(source: str) -> str:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_chapter_has_enough_exercises(path):
-    _, exercises = _structure(path)
-    assert len(exercises) >= MIN_EXERCISES, f"{path.name}: {len(exercises)} exercises, want {MIN_EXERCISES}+"
+    """At least MIN_EXERCISES exercises with an automatic check (open-ended ones come on top)."""
+    nb, exercises = _structure(path)
+    n = len(_checked(nb, exercises))
+    assert n >= MIN_EXERCISES, f"{path.name}: {n} exercises with a check, want {MIN_EXERCISES}+"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -114,12 +132,13 @@ def test_exercises_have_starter_and_gated_solution(path):
     nb, exercises = _structure(path)
     chapter = _chapter(path)
     used = []
-    for ex in exercises:
+    for ex in _checked(nb, exercises):
         where = f"{path.name} exercise {ex.label or '(no :label:)'}"
         assert ex.label, f"{where}: the exercise needs a :label:"
         starters = ex.starters(nb)
         assert starters, (f"{where}: no starter (a code cell tagged skip-execution and nbval-skip "
-                          "that calls check(...)) between the exercise and its solution")
+                          "that calls check(...)) between the exercise and its solution; an exercise "
+                          "without a check must say it is open-ended and have no solution block")
         starter = nb.cells[starters[-1]]
         ids = sp.CHECK_CALL.findall(starter.source)
         assert _last_statement(starter.source).startswith("check("), f"{where}: the starter must end in check(...)"
@@ -127,8 +146,7 @@ def test_exercises_have_starter_and_gated_solution(path):
         assert ex.solution_label == ex.label, (
             f"{where}: its solution refers to {ex.solution_label!r} (a gated solution-start is expected)")
         assert ex.solution_code, f"{where}: the solution has no code cell"
-        solution = "\n".join(nb.cells[i].source for i in ex.solution_code)
-        asserted = re.findall(r"^\s*assert\s+check\(\s*[\"']([^\"']+)[\"']", solution, flags=re.M)
+        asserted = _solution_ids(nb, ex)
         assert asserted, (f"{where}: the solution must run `assert check(...)` so that the build fails "
                           "when the solution stops passing")
         assert asserted[-1] == ids[-1], f"{where}: starter and solution check different ids"
@@ -145,15 +163,16 @@ def test_exercises_have_starter_and_gated_solution(path):
 def test_committed_solutions_passed(path):
     """The stored outputs show each solution's check passing (the notebook was run as committed)."""
     nb, exercises = _structure(path)
-    for ex in exercises:
-        out = "".join(o.get("text", "") for o in nb.cells[ex.solution_code[-1]].get("outputs", []))
-        assert re.search(r"Exercise \d+\.\d+: correct", out), (
-            f"{path.name} {ex.label}: the committed solution cell shows no passing check; re-run the notebook")
+    for ex in _checked(nb, exercises):
+        out = "".join(o.get("text", "") for i in ex.solution_code for o in nb.cells[i].get("outputs", []))
+        for ex_id in _solution_ids(nb, ex):
+            assert f"Exercise {ex_id}: correct" in out, (
+                f"{path.name} {ex.label}: the committed solution shows no passing check {ex_id}; re-run the notebook")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_check_of_the_chapter_is_used(path):
     nb, exercises = _structure(path)
-    used = {sp.CHECK_CALL.findall(nb.cells[ex.solution_code[-1]].source)[-1] for ex in exercises if ex.solution_code}
+    used = {ex_id for ex in exercises for ex_id in _solution_ids(nb, ex)}
     registered = {ex for ex in CHECK_IDS if ex.startswith(_chapter(path) + ".")}
     assert registered <= used, f"{path.name}: checks no exercise uses: {sorted(registered - used)}"
