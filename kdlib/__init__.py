@@ -2,6 +2,7 @@
 
 Modules, each importing only from those above it:
     utils    seeding, devices, atomic writes, checksummed checkpoints
+    guards   run-time checks for common distillation mistakes (KDWarning classes)
     data     offline and torchvision data sets with fixed splits
     models   teacher and student families
     losses   soft targets and the distillation loss

@@ -20,6 +20,29 @@ def _check_model(model) -> nn.Module:
     return model
 
 
+def _check_counts(**counts) -> None:
+    for name, v in counts.items():
+        low = 0 if name == "warmup" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+
+
+def _check_input(model: nn.Module, example_input) -> None:
+    """Run the model once (no gradients) so that a shape or type mistake gives a clear error."""
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError("example_input must be a tensor, e.g. torch.zeros(1, *input_shape)")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    finally:
+        model.train(was_training)
+
+
 def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with requires_grad).
 
@@ -48,9 +71,9 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     try:
         with counter, torch.no_grad():
             model(example_input)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
-                         f"{str(err).splitlines()[0]}") from None
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
@@ -75,8 +98,9 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 100) -
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if not callable(fn):
+        raise TypeError(f"fn must be a function of no arguments, got {type(fn).__name__}")
+    _check_counts(repeats=repeats, warmup=warmup)
     for _ in range(warmup):
         fn()
     times = []
@@ -93,7 +117,7 @@ class num_threads:
     """Context manager: run torch with `n` intra-op threads, then restore."""
 
     def __init__(self, n: int):
-        if not isinstance(n, int) or n < 1:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"the thread count must be a positive int, got {n!r}")
         self.n = n
 
@@ -116,6 +140,7 @@ def latency(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
     _check_model(model)
+    _check_input(model, example_input)
     was_training = model.training
     model.eval()
     try:
@@ -147,8 +172,9 @@ def compare_latency(runners: dict, *, rounds: int = 5, warmup: int = 10, repeats
 
     Introduced in: notebooks/09_edge_export.ipynb
     """
-    if not runners:
-        raise ValueError("runners is empty: pass a dict of name -> function")
+    if not isinstance(runners, dict) or not runners or not all(callable(f) for f in runners.values()):
+        raise ValueError("runners must be a non-empty dict of name -> function of no arguments")
+    _check_counts(rounds=rounds, repeats=repeats, warmup=warmup)
     samples = {name: [] for name in runners}
     with num_threads(threads), torch.inference_mode():
         for fn in runners.values():

@@ -75,6 +75,10 @@ def stratified_split(y, fractions=(0.7, 0.1, 0.2), *, seed: int = 0) -> list[np.
     y = np.asarray(y)
     if y.ndim != 1 or len(y) == 0:
         raise ValueError(f"y must be a non-empty 1-D array of labels, got shape {y.shape}")
+    if (not isinstance(fractions, (tuple, list)) or not fractions
+            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions)):
+        raise TypeError(f"fractions must be a tuple of numbers, e.g. (0.7, 0.1, 0.2), got {fractions!r}")
+    _check_seed(seed)
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or min(fractions) < 0:
         raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
     rng = np.random.default_rng(seed)
@@ -87,12 +91,26 @@ def stratified_split(y, fractions=(0.7, 0.1, 0.2), *, seed: int = 0) -> list[np.
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+
+def _xy(dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(dataset.tensors) < 2:
+        raise ValueError(f"the TensorDataset holds {len(dataset.tensors)} tensor(s); "
+                         "it needs images and labels: TensorDataset(X, y)")
+    return dataset.tensors[0], dataset.tensors[1]
+
+
 def targets_of(dataset: Dataset) -> np.ndarray:
     """The (N,) label array of a TensorDataset, torchvision data set or Subset of either."""
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[np.asarray(dataset.indices)]
     if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].numpy()
+        return _xy(dataset)[1].numpy()
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a torch Dataset, got {type(dataset).__name__}")
     if hasattr(dataset, "targets"):
         return np.asarray(dataset.targets)
     return np.array([int(dataset[i][1]) for i in range(len(dataset))])
@@ -111,6 +129,7 @@ def labelled_subset(dataset: Dataset, n: int, *, seed: int = 0) -> Subset:
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if not 0 < n <= len(y):
         raise ValueError(f"n must be between 1 and the data set size {len(y)}, got {n}")
+    _check_seed(seed)
     classes, counts = np.unique(y, return_counts=True)
     quota = np.floor(counts / counts.sum() * n).astype(int)
     for i in np.argsort(-(counts / counts.sum() * n - quota), kind="stable")[: n - quota.sum()]:
@@ -232,6 +251,7 @@ def load_dataset(name: str, *, root=None, download: bool = False, seed: int = 0)
     """
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    _check_seed(seed)
     if name in OFFLINE_DATASETS:
         return _load_offline(name, seed)
     return _load_torchvision(name, root, download, seed)
@@ -242,8 +262,13 @@ def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = Fals
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a torch Dataset (e.g. TensorDataset(X, y)), got {type(dataset).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_seed(seed)
+    if shuffle and len(dataset) == 0:
+        raise ValueError("the data set holds no examples: nothing to shuffle")
     g = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
 
@@ -251,10 +276,13 @@ def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = Fals
 def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack a whole data set into (X, y) tensors: X (N, C, H, W), y (N,)."""
     if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1]
+        return _xy(dataset)
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
-        idx = torch.as_tensor(dataset.indices)
-        return dataset.dataset.tensors[0][idx], dataset.dataset.tensors[1][idx]
+        idx = torch.as_tensor(dataset.indices, dtype=torch.long)
+        X, y = _xy(dataset.dataset)
+        return X[idx], y[idx]
+    if not isinstance(dataset, Dataset) or len(dataset) == 0:
+        raise ValueError("dataset must be a non-empty torch Dataset of (X, y) examples")
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.stack(xs), torch.as_tensor(ys)
 
@@ -271,8 +299,18 @@ def random_shift_rotate(X: torch.Tensor, *, max_shift: int = 2, max_degrees: flo
 
     Introduced in: notebooks/04_teacher.ipynb
     """
+    if not isinstance(X, torch.Tensor) or not X.is_floating_point():
+        raise TypeError("X must be a floating-point (B, C, H, W) tensor of images")
     if X.ndim != 4:
         raise ValueError(f"X must be a (B, C, H, W) batch, got shape {tuple(X.shape)}")
+    if not torch.isfinite(X).all():
+        raise ValueError("X contains NaN or inf; clean the images before augmenting them")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, float)) or not 0 <= max_shift < math.inf:
+        raise ValueError(f"max_shift must be a number of pixels >= 0, got {max_shift!r}")
+    if isinstance(max_degrees, bool) or not isinstance(max_degrees, (int, float)) or not 0 <= max_degrees <= 360:
+        raise ValueError(f"max_degrees must be a number of degrees in [0, 360], got {max_degrees!r}")
+    if X.shape[0] == 0 or X.numel() == 0:
+        return X.clone()  # nothing to augment
     B, _, H, W = X.shape
     angle = (torch.rand(B, generator=generator) * 2 - 1) * math.radians(max_degrees)
     shift = (torch.rand(B, 2, generator=generator) * 2 - 1) * max_shift
@@ -285,3 +323,25 @@ def random_shift_rotate(X: torch.Tensor, *, max_shift: int = 2, max_degrees: flo
     background = X.amin(dim=(1, 2, 3), keepdim=True)  # the standardised value of a black pixel
     out = torch.nn.functional.grid_sample(X - background, grid, align_corners=False, padding_mode="zeros")
     return out + background
+
+
+def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rotate, seed: int = 0) -> TensorDataset:
+    """`copies` versions of every example, fixed once: the originals, then `copies - 1`
+    augmented versions of them, so that a teacher's logits on all of them can be cached.
+
+    Args:
+        dataset: N examples (X, y); labels are repeated as they are (including -1 for unlabelled).
+        copies: how many versions of each example, >= 1 (1 returns the originals).
+        augment: a function (B, C, H, W) -> (B, C, H, W) that accepts `generator=`.
+        seed: seeds the augmentations, so the copies repeat exactly.
+    Returns:
+        a TensorDataset of X (copies * N, C, H, W) and y (copies * N,), copy by copy.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be a positive int, got {copies!r}")
+    X, y = as_tensors(dataset)
+    g = torch.Generator().manual_seed(seed)
+    versions = [X] + [augment(X, generator=g) for _ in range(copies - 1)]
+    return TensorDataset(torch.cat(versions), y.repeat(copies))

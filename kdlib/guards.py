@@ -46,6 +46,14 @@ class WeakTeacherWarning(KDWarning):
     """The teacher is no better than chance: there is nothing to transfer."""
 
 
+def _check_labels(labels) -> None:
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got {type(labels).__name__}"
+                        + (f" of dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else ""))
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (batch,), got {tuple(labels.shape)}")
+
+
 def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
     """True when every row of `x` lies in [0, 1] and sums to 1 (within `atol`).
 
@@ -86,6 +94,8 @@ def warn_if_teacher_grad(teacher_logits: torch.Tensor, *, stacklevel: int = 3) -
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    if not isinstance(teacher_logits, torch.Tensor):
+        raise TypeError(f"teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}")
     if teacher_logits.requires_grad:
         warnings.warn(
             "teacher_logits require grad: the teacher's forward pass was recorded for backpropagation, "
@@ -98,6 +108,8 @@ def warn_if_train_mode(teacher: nn.Module, *, stacklevel: int = 3) -> None:
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     if teacher.training:
         warnings.warn("the teacher was in train mode (dropout on, BatchNorm statistics drifting); "
                       "distill put it in eval mode", TeacherModeWarning, stacklevel=stacklevel)
@@ -109,6 +121,12 @@ def chance_accuracy(labels: torch.Tensor, num_classes: int) -> float:
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    _check_labels(labels)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < 0):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got values from {int(labels.min())} "
+                         f"to {int(labels.max())}")
     if labels.numel() == 0:
         return 1.0 / num_classes
     majority = torch.bincount(labels.long().flatten(), minlength=num_classes).max().item() / labels.numel()
@@ -124,6 +142,15 @@ def better_than_chance(logits: torch.Tensor, labels: torch.Tensor, *, z: float =
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim != 2:
+        raise TypeError("logits must be a floating-point (batch, num_classes) tensor")
+    _check_labels(labels)
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    if not isinstance(z, (int, float)) or isinstance(z, bool) or not math.isfinite(z) or z < 0:
+        raise ValueError(f"z must be a finite number >= 0, got {z!r}")
+    if logits.shape[1] < 1:
+        raise ValueError("logits need at least one class")
     keep = labels >= 0
     logits, labels = logits[keep], labels[keep]
     n, K = labels.numel(), logits.shape[1]
@@ -142,11 +169,24 @@ def probe_batch(dataset: Dataset, n: int = 64) -> list:
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(f"dataset must be a torch Dataset with a length, got {type(dataset).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
     N = len(dataset)
+    if N == 0:
+        raise ValueError("the data set holds no examples")
     m = min(n, N)
     idx = sorted({round(i * (N - 1) / max(m - 1, 1)) for i in range(m)})
-    batch = default_collate([dataset[i] for i in idx])
-    if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not all(isinstance(t, torch.Tensor) for t in batch):
+    items = [dataset[i] for i in idx]
+    if not all(isinstance(item, (tuple, list)) and len(item) >= 2 for item in items):
+        raise TypeError("the data set must yield (X, y) pairs, e.g. a TensorDataset(X, y)")
+    try:
+        batch = default_collate(items)
+    except (TypeError, RuntimeError) as err:
+        raise TypeError(f"the data set's examples cannot be stacked into a batch ({str(err).splitlines()[0]}); "
+                        "each must be (X tensor of one shape, y int)") from None
+    if not all(isinstance(t, torch.Tensor) for t in batch):
         raise TypeError("the data set must yield (X, y) pairs of tensors, e.g. a TensorDataset(X, y)")
     return list(batch)
 
@@ -157,11 +197,17 @@ def run_model(model: nn.Module, X: torch.Tensor, name: str = "model") -> torch.T
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the {name} must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"the {name}'s input must be a torch.Tensor, got {type(X).__name__}")
+    if X.is_floating_point() and not torch.isfinite(X).all():
+        raise ValueError(f"the {name}'s input contains NaN or inf; clean the data before running the model")
     try:
         out = model(X)
     except torch.OutOfMemoryError:
         raise
-    except (RuntimeError, IndexError) as err:
+    except (RuntimeError, IndexError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         msg = f"the {name} cannot run on a batch of shape {tuple(X.shape)} and dtype {X.dtype}: {first}."
         if any(w in first for w in ("shape", "size", "channels")):
@@ -197,7 +243,14 @@ def preflight(student: nn.Module, teacher: nn.Module | None, batch: list) -> Non
 
     Introduced in: notebooks/11_pitfalls.ipynb
     """
+    if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not all(isinstance(t, torch.Tensor) for t in batch[:2]):
+        raise TypeError("batch must be [X, y, ...] tensors, e.g. from kdlib.guards.probe_batch")
+    if not isinstance(student, nn.Module) or not isinstance(teacher, (nn.Module, type(None))):
+        raise TypeError("student must be a torch.nn.Module, and teacher a torch.nn.Module or None")
     X, y = batch[0], batch[1]
+    if X.shape[:1] != y.shape[:1] or y.ndim != 1 or X.shape[0] == 0:
+        raise ValueError(f"the images {tuple(X.shape)} and labels {tuple(y.shape)} must form a non-empty batch "
+                         "(X (B, ...), y (B,))")
     if not X.is_floating_point():
         raise TypeError(f"the images must be a floating-point tensor, got dtype {X.dtype}; "
                         "convert them with X.float() (and standardise them)")

@@ -39,7 +39,7 @@ def check_temperature(T) -> float:
     return float(T)
 
 
-def check_scale(name: str, logits: torch.Tensor, T: float) -> None:
+def _check_scale(name: str, logits: torch.Tensor, T: float) -> None:
     """Raise a clear error when `logits / T` would overflow the dtype (softmax would give NaN)."""
     if not torch.isfinite(logits.detach().abs().amax() * (2.0 / T)):
         raise ValueError(f"{name} are too large for T={T:g} in {logits.dtype}: |logit| reaches "
@@ -60,7 +60,7 @@ def soft_targets(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     """
     check_logits("logits", logits)
     T = check_temperature(T)
-    check_scale("logits", logits, T)
+    _check_scale("logits", logits, T)
     return F.softmax(logits / T, dim=-1)
 
 
@@ -97,10 +97,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     warn_if_probabilities("teacher_logits", teacher_logits)
     warn_if_teacher_grad(teacher_logits)
     T = check_temperature(T)
+    if T * T > torch.finfo(student_logits.dtype).max:
+        raise ValueError(f"T={T:g} is so large that T^2 overflows {student_logits.dtype}; "
+                         "the book uses T between 1 and 20")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    check_scale("student_logits", student_logits, min(T, 1.0))
-    check_scale("teacher_logits", teacher_logits, T)
+    _check_scale("student_logits", student_logits, min(T, 1.0))
+    _check_scale("teacher_logits", teacher_logits, T)
     log_q = F.log_softmax(student_logits / T, dim=-1)
     log_p = F.log_softmax(teacher_logits.detach() / T, dim=-1)
     soft = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * T * T
@@ -129,8 +132,8 @@ class KDLoss(nn.Module):
     def __init__(self, T: float = 4.0, alpha: float = 0.9):
         super().__init__()
         self.T, self.alpha = check_temperature(T), alpha
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
 
     def forward(self, student_logits, teacher_logits, labels=None):
         return kd_loss(student_logits, teacher_logits, labels, T=self.T, alpha=self.alpha)

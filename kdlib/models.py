@@ -26,8 +26,15 @@ def _check_positive(**kwargs) -> None:
 
 def flat_features(layers: nn.Module, input_shape) -> int:
     """Number of features after running `layers` on one input of `input_shape`."""
-    with torch.no_grad():
-        return int(layers(torch.zeros(1, *input_shape)).numel())
+    if not isinstance(layers, nn.Module):
+        raise TypeError(f"layers must be a torch.nn.Module, got {type(layers).__name__}")
+    input_shape = _check_shape(input_shape)
+    try:
+        with torch.no_grad():
+            return int(layers(torch.zeros(1, *input_shape)).numel())
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"the layers cannot run on an input of shape {input_shape}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -48,6 +55,8 @@ class TeacherCNN(nn.Sequential):
                  hidden: int = 256, dropout: float = 0.3):
         C, H, W = _check_shape(input_shape)
         _check_positive(num_classes=num_classes, width=width, hidden=hidden)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         w = width
         features = [*_conv_block(C, w), *_conv_block(w, w), nn.MaxPool2d(2),
                     *_conv_block(w, 2 * w), *_conv_block(2 * w, 2 * w), nn.MaxPool2d(2), nn.Flatten()]
@@ -93,6 +102,8 @@ class StudentMLP(nn.Sequential):
 
     def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, hidden=(64,)):
         C, H, W = _check_shape(input_shape)
+        if not isinstance(hidden, (tuple, list)):
+            raise TypeError(f"hidden must be a tuple of layer sizes, e.g. (64,), got {hidden!r}")
         _check_positive(num_classes=num_classes, **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
         layers, n = [nn.Flatten()], C * H * W
         for h in hidden:
@@ -111,6 +122,7 @@ def resnet18_small(input_shape=(3, 32, 32), num_classes: int = 10) -> nn.Module:
     from torchvision.models import resnet18
 
     C, _, _ = _check_shape(input_shape)
+    _check_positive(num_classes=num_classes)
     m = resnet18(weights=None, num_classes=num_classes)
     m.conv1 = nn.Conv2d(C, 64, 3, stride=1, padding=1, bias=False)
     m.maxpool = nn.Identity()
@@ -126,6 +138,7 @@ def mobilenet_v3_small_small(input_shape=(3, 32, 32), num_classes: int = 10) -> 
     from torchvision.models import mobilenet_v3_small
 
     C, _, _ = _check_shape(input_shape)
+    _check_positive(num_classes=num_classes)
     m = mobilenet_v3_small(weights=None, num_classes=num_classes)
     first = m.features[0][0]
     m.features[0][0] = nn.Conv2d(C, first.out_channels, 3, stride=1, padding=1, bias=False)
@@ -146,6 +159,6 @@ def build_model(name: str, input_shape=(1, 28, 28), num_classes: int = 10, **kwa
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](input_shape=input_shape, num_classes=num_classes, **kwargs)

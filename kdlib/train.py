@@ -6,6 +6,7 @@ with a teacher. All three are plain PyTorch loops with a per-epoch history.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -56,11 +57,15 @@ def _check_common(model, num_epochs, lr, name="model") -> None:
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
         raise ValueError(f"num_epochs must be a positive int, got {num_epochs!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1e3:
+        raise ValueError(f"lr must be a positive number (usually 1e-4 to 1e-1), got {lr!r}")
 
 
 def _make_optimizer(model: nn.Module, lr: float, weight_decay: float, num_epochs: int, schedule: str):
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be a number >= 0, e.g. 5e-4, got {weight_decay!r}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"{type(model).__name__} has no trainable parameters: nothing to train")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     if schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_epochs)
@@ -179,6 +184,17 @@ def _all_reduce_sum(total: torch.Tensor, count: int, device) -> tuple[torch.Tens
     return buf[0], int(buf[1].item())
 
 
+def _augmented(augment: Callable, X: torch.Tensor) -> torch.Tensor:
+    """augment(X), checked: a function that returns something else fails here, not inside the model."""
+    if not callable(augment):
+        raise TypeError(f"augment must be a function (B, C, H, W) -> (B, C, H, W), got {type(augment).__name__}")
+    out = augment(X)
+    if not isinstance(out, torch.Tensor) or out.shape != X.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"augment must return a tensor of the batch's shape {tuple(X.shape)}, got {got}")
+    return out
+
+
 def _reseed(loader: DataLoader, seed: int | None) -> None:
     if seed is None:
         return
@@ -218,7 +234,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
     def batch_loss(m, batch):
         X, y = batch[0], batch[1]
         if augment is not None:
-            X = augment(X)
+            X = _augmented(augment, X)
         return F.cross_entropy(m(X), y)
 
     return _fit(model, train_loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
@@ -249,11 +265,16 @@ def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tupl
 
     Introduced in: notebooks/02_soft_labels.ipynb
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_loader(loader, "loader")
     device = get_device(device)
     was_training = model.training
     model.eval().to(device)
     outs, ys = [], []
     for batch in loader:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise TypeError("the loader must yield (X, y) batches, e.g. make_loader(TensorDataset(X, y))")
         outs.append(run_model(model, batch[0].to(device)).float().cpu())
         ys.append(batch[1].cpu())
     model.train(was_training)
@@ -272,6 +293,9 @@ def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device
 
     Introduced in: notebooks/05_distillation.ipynb
     """
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    _check_loader(train_loader)
     dataset = train_loader.dataset
     in_order = DataLoader(dataset, batch_size=max(train_loader.batch_size or 256, 256), shuffle=False)
     logits, _ = predict_logits(teacher, in_order, device=device)
@@ -329,6 +353,12 @@ def kd_loss_partial(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
     Introduced in: notebooks/05_distillation.ipynb
     """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be an integer tensor (B,), got {type(labels).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if labels.ndim != 1 or not isinstance(student_logits, torch.Tensor) or labels.shape != student_logits.shape[:1]:
+        raise ValueError(f"labels must have shape (batch,) matching student_logits, got {tuple(labels.shape)}")
     has = labels != UNLABELLED
     if bool(has.all()):
         return kd_loss(student_logits, teacher_logits, labels, T=T, alpha=alpha)
@@ -401,7 +431,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
             t_logits = batch[2]
         else:
             if augment is not None:
-                X = augment(X)
+                X = _augmented(augment, X)
             with torch.no_grad():
                 t_logits = teacher(X)
         return kd_loss_partial(m(X), t_logits, y, T=T, alpha=alpha)
@@ -424,6 +454,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None 
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_loader(loader, "loader")
     logits, y = predict_logits(model, loader, device=device)
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits contain NaN or inf: check the loader's images for NaN/inf, "
+                         "and the model's weights (did training diverge?)")
     if y.is_floating_point() or bool(((y < 0) | (y >= logits.shape[1])).any()):
         raise ValueError(f"the loader's labels must be class indices in 0..{logits.shape[1] - 1}; "
                          "does the model have the data set's number of classes?")

@@ -36,7 +36,13 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     Introduced in: notebooks/04_teacher.ipynb
     """
     if device is not None:
-        return torch.device(device)
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device, "
+                            f"got {type(device).__name__}")
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{device!r} is not a device; use 'cpu', 'cuda' or 'cuda:0'") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -48,9 +54,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    path = Path(path)
+    path = _as_path(path)
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; give the path of a file inside it")
     if not path.parent.exists():
         raise FileNotFoundError(
             f"cannot write {path}: the folder {path.parent} does not exist; create it first"
@@ -74,11 +82,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically; see `atomic_write_bytes`."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 digest of `data`."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
     return hashlib.sha256(data).hexdigest()
 
 
@@ -87,6 +99,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
     Introduced in: notebooks/04_teacher.ipynb
     """
+    path = _existing_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -104,7 +117,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, overwrite: boo
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = Path(path)
+    path = _as_path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True to replace it, or choose another path"
@@ -118,13 +131,28 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, overwrite: boo
     return digest
 
 
+def _as_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a pathlib.Path, got {type(path).__name__}")
+    return Path(path)
+
+
+def _existing_file(path, what: str = "") -> Path:
+    path = _as_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what}{path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{what}{path} is a folder, not a file")
+    return path
+
+
 def _sha_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
 def read_expected_sha256(path: str | os.PathLike) -> str | None:
     """The hash stored beside a checkpoint (`<path>.sha256`), or None if absent."""
-    sha = _sha_path(Path(path))
+    sha = _sha_path(_as_path(path))
     if not sha.exists():
         return None
     return sha.read_text().split()[0]
@@ -139,9 +167,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | 
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if sha256 is not None and not isinstance(sha256, str):
+        raise TypeError(f"sha256 must be a hex string, got {type(sha256).__name__}")
+    path = _existing_file(path, "checkpoint ")
     expected = sha256 or read_expected_sha256(path)
     actual = sha256_file(path)
     if expected is not None and actual != expected:
@@ -186,8 +216,12 @@ def load_or_train(
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    path = Path(path)
+    path = _as_path(path)
+    if not callable(make_model) or not callable(train_fn):
+        raise TypeError("make_model and train_fn must be functions: make_model() -> model, train_fn(model)")
     model = make_model()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"make_model() must return a torch.nn.Module, got {type(model).__name__}")
     if path.exists():
         load_checkpoint(model, path)
         if verbose:

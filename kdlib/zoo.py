@@ -7,7 +7,7 @@ finds it missing retrains it (`kdlib.utils.load_or_train`).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 from torch import nn
@@ -34,6 +34,17 @@ class TeacherRecipe:
 TEACHER_RECIPE = TeacherRecipe()
 
 
+def _check_splits(ds) -> DatasetSplits:
+    if not isinstance(ds, DatasetSplits):
+        raise TypeError(f"ds must be the DatasetSplits of kdlib.data.load_dataset, got {type(ds).__name__}")
+    return ds
+
+
+def _check_recipe(recipe, cls) -> None:
+    if not isinstance(recipe, cls):
+        raise TypeError(f"recipe must be a {cls.__name__}, got {type(recipe).__name__}")
+
+
 def checkpoint_dir() -> Path:
     """Where checkpoints live: $KDLIB_CHECKPOINTS, else the repository's
     `checkpoints/` folder, else `~/.cache/kdlib/checkpoints`."""
@@ -56,6 +67,8 @@ def train_teacher(model: nn.Module, ds: DatasetSplits, recipe: TeacherRecipe = T
 
     Introduced in: notebooks/04_teacher.ipynb
     """
+    _check_splits(ds)
+    _check_recipe(recipe, TeacherRecipe)
     loader = make_loader(ds.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
     return train(model, loader, num_epochs=recipe.num_epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
                  augment=random_shift_rotate if recipe.augment else None,
@@ -69,7 +82,7 @@ def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, p
 
     Introduced in: notebooks/02_soft_labels.ipynb
     """
-    ds = ds or load_dataset(dataset, **load_kwargs)
+    ds = _check_splits(ds) if ds is not None else load_dataset(dataset, **load_kwargs)
     recipe = TEACHER_RECIPE
     return load_or_train(
         teacher_path(dataset),
@@ -81,6 +94,8 @@ def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, p
 
 def describe_recipe(recipe: TeacherRecipe = TEACHER_RECIPE) -> dict:
     """The recipe as a plain dict (for printing and reports)."""
+    if not is_dataclass(recipe) or isinstance(recipe, type):
+        raise TypeError(f"recipe must be a recipe such as kdlib.zoo.TEACHER_RECIPE, got {type(recipe).__name__}")
     return asdict(recipe)
 
 
@@ -115,6 +130,8 @@ def distill_student(student: nn.Module, teacher: nn.Module, ds: DatasetSplits,
     """
     from .train import distill
 
+    _check_splits(ds)
+    _check_recipe(recipe, StudentRecipe)
     loader = make_loader(ds.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
     return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, num_epochs=recipe.num_epochs,
                    lr=recipe.lr, weight_decay=recipe.weight_decay, val_loader=make_loader(ds.val, 500),
@@ -132,7 +149,9 @@ def load_student(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, t
     """
     from .models import StudentCNN
 
-    ds = ds or load_dataset(dataset, **load_kwargs)
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
+    ds = _check_splits(ds) if ds is not None else load_dataset(dataset, **load_kwargs)
     recipe = STUDENT_RECIPE
 
     def fit(student):
