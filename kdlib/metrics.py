@@ -10,10 +10,18 @@ import statistics
 import torch
 
 
+def _tensor(x, name: str) -> torch.Tensor:
+    """torch.as_tensor(x), with a clear error for something that is not an array of numbers."""
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(x).__name__}") from None
+
+
 def _check_probs_labels(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn (probs, labels) into tensors and raise a clear error if they do not fit."""
-    probs = torch.as_tensor(probs)
-    labels = torch.as_tensor(labels)
+    probs = _tensor(probs, "probs")
+    labels = _tensor(labels, "labels")
     if not probs.is_floating_point() or probs.ndim != 2:
         raise ValueError(f"probs must be a floating (N, K) array of probabilities, got dtype {probs.dtype} "
                          f"and shape {tuple(probs.shape)}")
@@ -101,8 +109,8 @@ def mean_confidence(probs) -> float:
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    probs = torch.as_tensor(probs)
-    if probs.ndim != 2 or probs.shape[0] == 0:
+    probs = _tensor(probs, "probs")
+    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] == 0 or not probs.is_floating_point():
         raise ValueError(f"probs must be a non-empty (N, K) array, got shape {tuple(probs.shape)}")
     return float(probs.max(1).values.double().mean())
 
@@ -139,9 +147,14 @@ def mean_std(values) -> tuple[float, float]:
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    values = [float(v) for v in values]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"values must be a list of numbers, got {values!r:.60}") from None
     if not values:
         raise ValueError("values is empty; pass the result of at least one run")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"values must be finite numbers, got {values}")
     if len(values) == 1:
         return values[0], 0.0
     return statistics.fmean(values), statistics.stdev(values)
@@ -153,7 +166,10 @@ def format_mean_std(values, fmt: str = ".1%") -> str:
     Introduced in: notebooks/04_teacher.ipynb
     """
     m, s = mean_std(values)
-    return f"{m:{fmt}} ± {s:{fmt}}"
+    try:
+        return f"{m:{fmt}} ± {s:{fmt}}"
+    except (TypeError, ValueError):
+        raise ValueError(f"fmt must be a format spec for numbers such as '.1%' or '.3f', got {fmt!r}") from None
 
 
 def per_class_accuracy(logits, labels, num_classes: int | None = None) -> torch.Tensor:
@@ -167,10 +183,17 @@ def per_class_accuracy(logits, labels, num_classes: int | None = None) -> torch.
 
     Introduced in: notebooks/05_distillation.ipynb
     """
-    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
-    if logits.ndim != 2 or labels.ndim != 1 or len(labels) != len(logits):
+    logits, labels = _tensor(logits, "logits"), _tensor(labels, "labels")
+    if logits.ndim != 2 or labels.ndim != 1 or len(labels) != len(logits) or logits.shape[1] == 0:
         raise ValueError(f"need logits (N, K) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
     K = num_classes or logits.shape[1]
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= K):
+        raise ValueError(f"labels must lie in 0..{K - 1}")
     correct = (logits.argmax(1) == labels).double()
     count = torch.bincount(labels.long(), minlength=K).double()
     hits = torch.bincount(labels.long(), weights=correct, minlength=K)

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -179,6 +180,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
     Introduced in: notebooks/10_capstone.ipynb
     """
+    if (not isinstance(points, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+            for p in points)):
+        raise TypeError("points must be a list of (x, y) pairs of finite numbers, e.g. [(bytes, accuracy), ...]")
     front = []
     for i, (x, y) in enumerate(points):
         dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
@@ -194,6 +200,10 @@ def pareto_figure(rows: list[dict]):
     """
     import matplotlib.pyplot as plt
 
+    keys = ("stage", "bytes", "median_us", "accuracy")
+    if not isinstance(rows, (list, tuple)) or not rows or not all(
+            isinstance(r, dict) and all(k in r for k in keys) for r in rows):
+        raise TypeError(f"rows must be a non-empty list of dicts with the keys {keys} (the report's stages)")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, key, label in ((axes[0], "bytes", "file size (bytes, log scale)"),
                            (axes[1], "median_us", "batch-1 latency (µs, log scale)")):
@@ -271,6 +281,8 @@ def prepare_out(out, *, force: bool = False, resume: bool = False) -> Path:
     """
     if force and resume:
         raise ValueError("choose one of --force (start over) and --resume (continue), not both")
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a folder path (str or pathlib.Path), got {type(out).__name__}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file; choose a folder")
@@ -307,6 +319,8 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
 
     Introduced in: notebooks/10_capstone.ipynb
     """
+    if not isinstance(config, PipelineConfig):
+        raise TypeError(f"config must be a kdlib.pipeline.PipelineConfig, got {type(config).__name__}")
     config = config.validate()
     log = log or (lambda *a, **k: None)
     t_start = time.perf_counter()

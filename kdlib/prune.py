@@ -86,6 +86,8 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     """
     if hasattr(layer, "weight_mask"):
         return (layer.weight_orig * layer.weight_mask).detach()
+    if not isinstance(layer, nn.Module) or not isinstance(getattr(layer, "weight", None), torch.Tensor):
+        raise TypeError(f"layer must be a layer with a weight (Conv2d, Linear), got {type(layer).__name__}")
     return layer.weight.detach()
 
 
@@ -210,6 +212,8 @@ def filter_norms(conv: nn.Conv2d, criterion: str = "l1") -> torch.Tensor:
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     w = conv.weight.detach().flatten(1)  # (C_out, C_in * kH * kW)
     return w.abs().sum(1) if criterion == "l1" else w.pow(2).sum(1).sqrt()
 
@@ -459,6 +463,8 @@ def prune_and_finetune(model: nn.Module, amounts, train_loader: DataLoader, *, s
 
     Introduced in: notebooks/07_pruning.ipynb
     """
+    if not isinstance(amounts, (list, tuple)):
+        raise TypeError(f"amounts must be a list of fractions, e.g. [0.5, 0.75], got {amounts!r}")
     amounts = [check_amount(a, "each amount") for a in amounts]
     if not amounts or any(b < a for a, b in zip(amounts, amounts[1:])):
         raise ValueError(f"amounts must be a non-empty increasing list of targets, got {amounts}")

@@ -207,8 +207,8 @@ def compute_qparams(min_val, max_val, num_bits: int = 8, *,
     Introduced in: notebooks/08_quantization.ipynb
     """
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
-    lo = torch.as_tensor(min_val, dtype=torch.float32)
-    hi = torch.as_tensor(max_val, dtype=torch.float32)
+    lo = _as_tensor(min_val, "min_val", torch.float32)
+    hi = _as_tensor(max_val, "max_val", torch.float32)
     if lo.shape != hi.shape:
         raise ValueError(f"min_val {tuple(lo.shape)} and max_val {tuple(hi.shape)} must have the same shape")
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -224,9 +224,17 @@ def compute_qparams(min_val, max_val, num_bits: int = 8, *,
     return scale, zero_point
 
 
+def _as_tensor(x, name: str, dtype=None) -> torch.Tensor:
+    """torch.as_tensor(x), with a clear error for something that is not a number or a tensor."""
+    try:
+        return torch.as_tensor(x, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(x).__name__}") from None
+
+
 def _check_qparams(x, scale, zero_point, axis):
-    scale = torch.as_tensor(scale, dtype=torch.float32)
-    zero_point = torch.as_tensor(zero_point)
+    scale = _as_tensor(scale, "scale", torch.float32)
+    zero_point = _as_tensor(zero_point, "zero_point")
     if scale.shape != zero_point.shape:
         raise ValueError(f"scale {tuple(scale.shape)} and zero_point {tuple(zero_point.shape)} "
                          "must have the same shape")
