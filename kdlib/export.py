@@ -263,19 +263,40 @@ def run_onnx(session, X, *, batch_size: int = 256) -> torch.Tensor:
     """
     if isinstance(session, (str, os.PathLike)):
         session = onnx_session(session)
+    if not (callable(getattr(session, "run", None)) and callable(getattr(session, "get_inputs", None))):
+        raise TypeError("session must be an onnxruntime.InferenceSession (see onnx_session) or an .onnx path, "
+                        f"got {type(session).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     X = _as_numpy(X)
     spec = session.get_inputs()[0]
+    _check_shape(X, spec.shape)
     step = _fixed_batch(spec.shape) or batch_size
     outs = [session.run(None, {spec.name: X[i:i + step]})[0] for i in range(0, len(X), step)]
     return torch.from_numpy(np.concatenate(outs))
 
 
-def _as_numpy(X) -> np.ndarray:
+def _as_numpy(X, name: str = "X") -> np.ndarray:
+    """`X` as a float32 NumPy batch, after checking it is one: floats, (N, ...), N > 0, finite."""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
-    if not isinstance(X, np.ndarray) or X.ndim < 1 or len(X) == 0:
-        raise ValueError("X must be a non-empty tensor or array (N, C, H, W)")
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} must be a tensor or NumPy array (N, C, H, W), got {type(X).__name__}")
+    if not np.issubdtype(X.dtype, np.floating):
+        raise TypeError(f"{name} must hold floats, got dtype {X.dtype}; convert it with .float()")
+    if X.ndim < 1 or len(X) == 0:
+        raise ValueError(f"{name} must be a non-empty batch (N, C, H, W), got shape {tuple(X.shape)}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
     return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _check_shape(X: np.ndarray, expected, name: str = "X") -> None:
+    """Check `X` (N, ...) against a runtime's input shape, whose first axis is the batch."""
+    want = list(expected)
+    if X.ndim != len(want) or any(isinstance(w, int) and w != got for w, got in zip(want[1:], X.shape[1:])):
+        per_example = ", ".join(str(w) for w in want[1:])
+        raise ValueError(f"{name} has shape {tuple(X.shape)}; the model takes (N, {per_example})")
 
 
 class _Batches:
@@ -332,7 +353,7 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
             raise ValueError('mode="static" needs calibration data: pass calibration=X with a few hundred '
                              'real inputs (N, C, H, W), or use mode="dynamic"')
         spec = onnx_session(src).get_inputs()[0]
-        calib = _as_numpy(calibration)
+        calib = _as_numpy(calibration, "calibration")
         if calib.shape[1:] != tuple(spec.shape[1:]):
             raise ValueError(f"calibration inputs have shape {calib.shape[1:]} per example, "
                              f"the model expects {tuple(spec.shape[1:])}")
@@ -375,7 +396,7 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     x = _check_input(example_input)[:1]
-    calib = torch.as_tensor(_as_numpy(calibration))
+    calib = torch.from_numpy(_as_numpy(calibration, "calibration"))
     if calib.shape[1:] != x.shape[1:]:
         raise ValueError(f"calibration inputs have shape {tuple(calib.shape[1:])} per example, "
                          f"example_input has {tuple(x.shape[1:])}")
@@ -459,8 +480,14 @@ def run_executorch(method, X) -> torch.Tensor:
     """
     if isinstance(method, (str, os.PathLike)):
         method = executorch_method(method)
-    X = torch.as_tensor(_as_numpy(X))
-    step = _fixed_batch(list(method.metadata.input_tensor_meta(0).sizes())) or len(X)
+    if not (callable(getattr(method, "execute", None)) and hasattr(method, "metadata")):
+        raise TypeError("method must be an ExecuTorch method (see executorch_method) or a .pte path, "
+                        f"got {type(method).__name__}")
+    X = _as_numpy(X)
+    sizes = list(method.metadata.input_tensor_meta(0).sizes())
+    _check_shape(X, sizes)
+    X = torch.from_numpy(X)
+    step = _fixed_batch(sizes) or len(X)
     if len(X) % step:
         raise ValueError(f"this program takes batches of {step}; got {len(X)} inputs")
     return torch.cat([method.execute((X[i:i + step],))[0] for i in range(0, len(X), step)])
@@ -498,12 +525,17 @@ def check_parity(path, model: nn.Module, inputs: torch.Tensor, *, atol: float = 
     Introduced in: notebooks/09_edge_export.ipynb
     """
     _check_model(model)
-    inputs = _check_input(inputs)
+    inputs = torch.from_numpy(_as_numpy(inputs, "inputs"))
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             expected = model(inputs)
+    except RuntimeError as err:
+        raise ValueError(f"{type(model).__name__} cannot run on inputs of shape {tuple(inputs.shape)}: "
+                         f"{str(err).strip().splitlines()[0][:200]}") from None
     finally:
         model.train(was_training)
     got = predict(path, inputs)
@@ -528,10 +560,13 @@ def make_runner(path, example_input: torch.Tensor, *, threads: int = 1) -> Calla
     suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else None
     if suffix == ".onnx":
         session = onnx_session(path, threads)
-        feed = {session.get_inputs()[0].name: _as_numpy(x)}
+        spec = session.get_inputs()[0]
+        feed = {spec.name: _as_numpy(x, "example_input")}
+        _check_shape(feed[spec.name], spec.shape, "example_input")
         return lambda: session.run(None, feed)
     if suffix == ".pte":
         method, args = executorch_method(path, threads), (x,)
+        _check_shape(x.numpy(), method.metadata.input_tensor_meta(0).sizes(), "example_input")
         return lambda: method.execute(args)
     raise ValueError(f"{path!r} is neither an .onnx nor a .pte file")
 
@@ -561,6 +596,8 @@ def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str,
 
     Introduced in: notebooks/09_edge_export.ipynb
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a str or Path, got {type(folder).__name__}")
     folder = Path(folder)
     if not isinstance(name, str) or not name or os.sep in name:
         raise ValueError(f"name must be a plain file stem such as 'teacher', got {name!r}")
@@ -568,7 +605,7 @@ def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str,
     if unknown or not backends:
         raise ValueError(f"backends must be a non-empty subset of {BACKENDS}, got {tuple(backends)!r}")
     x = _check_input(example_input)[:1]
-    real = torch.as_tensor(_as_numpy(calibration))[:32]
+    real = torch.from_numpy(_as_numpy(calibration, "calibration"))[:32]
     paths = {}
     if {"onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic"} & set(backends):
         paths["onnx_fp32"] = to_onnx(model, x, folder / f"{name}.onnx", overwrite=overwrite)

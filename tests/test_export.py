@@ -331,3 +331,31 @@ def test_export_all_makes_only_the_chosen_files(student, data, tmp_path):
         export.export_all(student, data["x1"], tmp_path, "s", calibration=data["calibration"], backends=("tflite",))
     with pytest.raises(ValueError, match="plain file stem"):
         export.export_all(student, data["x1"], tmp_path, "a/b", calibration=data["calibration"])
+
+
+def test_bad_batches_are_clear_errors(files, student, data):
+    session = export.onnx_session(files["onnx_fp32"])
+    nan = data["X"][:2].clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        export.run_onnx(session, nan)
+    with pytest.raises(ValueError, match=r"has shape \(784,\); the model takes \(N, 1, 28, 28\)"):
+        export.run_onnx(session, data["X"][0].reshape(-1))
+    with pytest.raises(TypeError, match="must hold floats"):
+        export.run_onnx(session, data["X"][:2].long())
+    with pytest.raises(TypeError, match="session must be an onnxruntime.InferenceSession"):
+        export.run_onnx(3, data["X"][:2])
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        export.run_onnx(session, data["X"][:2], batch_size=0)
+    with pytest.raises(TypeError, match="method must be an ExecuTorch method"):
+        export.run_executorch(None, data["X"][:2])
+    with pytest.raises(ValueError, match=r"the model takes \(N, 1, 28, 28\)"):
+        export.run_executorch(files["executorch_fp32"], torch.zeros(2, 1, 14, 14))
+    with pytest.raises(ValueError, match=r"StudentCNN cannot run on inputs of shape \(2, 3, 28, 28\)"):
+        export.check_parity(files["onnx_fp32"], student, torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="atol must be a number >= 0"):
+        export.check_parity(files["onnx_fp32"], student, data["X"][:2], atol=float("nan"))
+    with pytest.raises(ValueError, match="example_input has shape"):
+        export.make_runner(files["onnx_fp32"], torch.zeros(1, 1, 14, 14))
+    with pytest.raises(TypeError, match="folder must be a str or Path"):
+        export.export_all(student, data["x1"], None, "s", calibration=data["calibration"])
