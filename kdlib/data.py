@@ -323,3 +323,25 @@ def random_shift_rotate(X: torch.Tensor, *, max_shift: int = 2, max_degrees: flo
     background = X.amin(dim=(1, 2, 3), keepdim=True)  # the standardised value of a black pixel
     out = torch.nn.functional.grid_sample(X - background, grid, align_corners=False, padding_mode="zeros")
     return out + background
+
+
+def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rotate, seed: int = 0) -> TensorDataset:
+    """`copies` versions of every example, fixed once: the originals, then `copies - 1`
+    augmented versions of them, so that a teacher's logits on all of them can be cached.
+
+    Args:
+        dataset: N examples (X, y); labels are repeated as they are (including -1 for unlabelled).
+        copies: how many versions of each example, >= 1 (1 returns the originals).
+        augment: a function (B, C, H, W) -> (B, C, H, W) that accepts `generator=`.
+        seed: seeds the augmentations, so the copies repeat exactly.
+    Returns:
+        a TensorDataset of X (copies * N, C, H, W) and y (copies * N,), copy by copy.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be a positive int, got {copies!r}")
+    X, y = as_tensors(dataset)
+    g = torch.Generator().manual_seed(seed)
+    versions = [X] + [augment(X, generator=g) for _ in range(copies - 1)]
+    return TensorDataset(torch.cat(versions), y.repeat(copies))

@@ -281,7 +281,8 @@ def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tupl
     return torch.cat(outs), torch.cat(ys)
 
 
-def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device=None) -> DataLoader:
+def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device=None,
+                         logits: torch.Tensor | None = None) -> DataLoader:
     """Compute the teacher's logits for every training example once, and return a
     loader that yields (X, y, teacher_logits) with the same batch size and shuffle.
 
@@ -291,14 +292,28 @@ def cache_teacher_logits(teacher: nn.Module, train_loader: DataLoader, *, device
     reuses a loader this function returned, so that several students
     (a sweep, several seeds) share one pass of the teacher.
 
+    Args:
+        teacher: the model whose logits are cached (run in eval mode, without gradients).
+        train_loader: yields (X, y) batches from a data set of N examples.
+        logits: (N, K) teacher logits already computed for that data set, in its order
+            (e.g. rows of a larger cache); the teacher is then not run at all.
+    Returns:
+        a DataLoader over (X, y, teacher_logits) with the batch size and shuffle of `train_loader`.
+
     Introduced in: notebooks/05_distillation.ipynb
     """
     if not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     _check_loader(train_loader)
     dataset = train_loader.dataset
-    in_order = DataLoader(dataset, batch_size=max(train_loader.batch_size or 256, 256), shuffle=False)
-    logits, _ = predict_logits(teacher, in_order, device=device)
+    if logits is None:
+        in_order = DataLoader(dataset, batch_size=max(train_loader.batch_size or 256, 256), shuffle=False)
+        logits, _ = predict_logits(teacher, in_order, device=device)
+    elif (not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim != 2
+          or len(logits) != len(dataset)):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a float tensor (N, K) with one row per example of the loader's "
+                         f"data set (N = {len(dataset)}), got {got}")
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         new = _TensorsWithLogits(*dataset.tensors, logits)
     else:

@@ -161,3 +161,110 @@ def load_student(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, t
     return load_or_train(student_path(dataset),
                          lambda: StudentCNN(ds.input_shape, ds.num_classes, width=recipe.width, depth=recipe.depth),
                          fit, verbose=verbose)
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    """The book's data-scarce setting (chapter 5): the student may see only `num_labels`
+    labels, and the teacher's soft targets on every training image (the transfer set).
+
+    Both students get the same light augmentation (`kdlib.data.random_shift_rotate`): the
+    student alone on the fly, the distilled student through `copies` fixed versions of the
+    transfer set, on which the teacher's logits are computed once. Each choice was made on the
+    validation set; bench/kd_gain.py reports test.
+    """
+
+    num_labels: int = 1000   # labelled training images (a stratified subset, `label_seed`)
+    width: int = 8           # StudentCNN width (9,122 parameters at 8, the book's student)
+    depth: int = 2           # conv blocks, each halving the resolution
+    T: float = 4.0           # distillation temperature
+    alpha: float = 0.9       # weight of the soft term; the hard term uses only the labelled images
+    augment: bool = True     # augment both students (False: the plain images only)
+    copies: int = 10         # versions of the transfer set: the originals + 9 augmented ones
+    num_epochs: int = 15     # passes over the transfer set's copies (35,000 images per pass)
+    alone_epochs: int = 100  # passes over the labelled images for the student alone
+    lr: float = 5e-3         # AdamW peak learning rate, cosine decay to 0
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    label_seed: int = 0      # which images carry labels (and the seed of the augmented copies)
+
+
+DISTILL_RECIPE = DistillRecipe()
+
+
+def scarce_data(ds: DatasetSplits, recipe: DistillRecipe = DISTILL_RECIPE):
+    """The data-scarce setting of `recipe`: (labelled, transfer) where `labelled` is a
+    stratified `Subset` of `recipe.num_labels` training images, and `transfer` holds every
+    training image with labels only on those (-1 elsewhere, see `kdlib.train.partially_labelled`).
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    from .data import labelled_subset
+    from .train import partially_labelled
+
+    _check_splits(ds)
+    _check_recipe(recipe, DistillRecipe)
+    labelled = labelled_subset(ds.train, recipe.num_labels, seed=recipe.label_seed)
+    return labelled, partially_labelled(ds.train, labelled)
+
+
+def make_scarce_student(ds: DatasetSplits, recipe: DistillRecipe = DISTILL_RECIPE) -> nn.Module:
+    """A fresh `StudentCNN` of the recipe's width and depth for `ds`.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    from .models import StudentCNN
+
+    _check_splits(ds)
+    _check_recipe(recipe, DistillRecipe)
+    return StudentCNN(ds.input_shape, ds.num_classes, width=recipe.width, depth=recipe.depth)
+
+
+def train_alone(student: nn.Module, labelled, recipe: DistillRecipe = DISTILL_RECIPE, *, seed: int = 0,
+                val_loader=None, progress: bool = False):
+    """The baseline: `student` trained with cross-entropy on the labelled images only
+    (augmented on the fly when `recipe.augment`).
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    _check_recipe(recipe, DistillRecipe)
+    loader = make_loader(labelled, recipe.batch_size, shuffle=True, seed=seed)
+    return train(student, loader, num_epochs=recipe.alone_epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                 augment=random_shift_rotate if recipe.augment else None, val_loader=val_loader,
+                 progress=progress, seed=seed)
+
+
+def transfer_loader(teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE):
+    """A loader over the recipe's transfer set, (X, y, teacher_logits): the `recipe.copies`
+    versions of `transfer` when `recipe.augment`, else `transfer` itself, with the teacher's
+    logits computed once (`kdlib.train.cache_teacher_logits`). Share it between seeds.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    from .data import augmented_copies
+    from .train import cache_teacher_logits
+
+    _check_recipe(recipe, DistillRecipe)
+    data = augmented_copies(transfer, recipe.copies, seed=recipe.label_seed) if recipe.augment else transfer
+    return cache_teacher_logits(teacher, make_loader(data, recipe.batch_size, shuffle=True))
+
+
+def distill_scarce(student: nn.Module, teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE, *,
+                   seed: int = 0, val_loader=None, progress: bool = False):
+    """Distil `student` from `teacher` on the transfer set (soft targets on every image,
+    labels where there are some) with `recipe`.
+
+    `transfer` is the data set from `scarce_data` (its loader is then built here, with
+    `transfer_loader`), or a loader `transfer_loader` already returned.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    from torch.utils.data import DataLoader
+
+    from .train import distill
+
+    _check_recipe(recipe, DistillRecipe)
+    loader = transfer if isinstance(transfer, DataLoader) else transfer_loader(teacher, transfer, recipe)
+    return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, num_epochs=recipe.num_epochs,
+                   lr=recipe.lr, weight_decay=recipe.weight_decay, cache_logits=True, val_loader=val_loader,
+                   progress=progress, seed=seed)

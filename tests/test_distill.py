@@ -149,3 +149,18 @@ def test_a_cached_loader_is_reused_without_running_the_teacher_again():
         else:
             assert sum(seen) >= len(ds)
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
+def test_cache_teacher_logits_accepts_precomputed_logits():
+    from kdlib.train import cache_teacher_logits, predict_logits
+
+    ds = _toy_data(64)
+    teacher = _toy_teacher(ds)
+    logits, _ = predict_logits(teacher, make_loader(ds, 64))
+    fresh = cache_teacher_logits(teacher, make_loader(ds, 16))
+    given = cache_teacher_logits(teacher, make_loader(ds, 16), logits=logits)
+    for (X1, y1, t1), (X2, y2, t2) in zip(fresh, given):
+        assert torch.equal(X1, X2) and torch.equal(y1, y2)
+        torch.testing.assert_close(t1, t2)
+    with pytest.raises(ValueError, match="one row per example"):
+        cache_teacher_logits(teacher, make_loader(ds, 16), logits=logits[:10])
