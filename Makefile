@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # pip on these machines warns about every missing local index folder; keep the log readable
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
-NBVAL := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help setup vendor chromium book book-all test test-unit test-notebooks test-site \
         student-pack bench clean

@@ -152,6 +152,8 @@ def _check_feature(name: str, x, ndim: int | None = None, min_ndim: int | None =
                          f"got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch; pass at least one example")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf; check the model's inputs and learning rate")
     return x
 
 
