@@ -112,6 +112,8 @@ def mean_confidence(probs) -> float:
     probs = _tensor(probs, "probs")
     if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] == 0 or not probs.is_floating_point():
         raise ValueError(f"probs must be a non-empty (N, K) array, got shape {tuple(probs.shape)}")
+    if not torch.isfinite(probs).all():
+        raise ValueError("probs contains NaN or inf; pass torch.softmax(logits, dim=1) of finite logits")
     return float(probs.max(1).values.double().mean())
 
 

@@ -808,7 +808,7 @@ def test_bad_input_gives_a_clear_error(name, data):
 
 
 @pytest.mark.parametrize("name", _params(SLOW))
-@settings(FUZZ_SETTINGS, max_examples=3)
+@settings(FUZZ_SETTINGS, max_examples=2)
 @given(data=st.data())
 def test_bad_input_gives_a_clear_error_slow(name, data):
     _fuzz_once(name, data)
