@@ -112,6 +112,22 @@ def test_make_pack_writes_readme_grader_and_refuses_to_overwrite(tmp_path):
         sp.make_pack([], tmp_path / "empty")
 
 
+def test_pack_carries_the_data_files_the_notebooks_read(tmp_path):
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "r.json").write_text('{"gap": 0.5}')
+    (tmp_path / "notebooks").mkdir()
+    nb = toy_notebook()
+    nb.cells.insert(1, new_code_cell('import json\nR = json.load(open("../bench/results/r.json"))\n'
+                                     'MISSING = "../bench/results/none.json"\nUP = "../../etc/passwd"'))
+    src = tmp_path / "notebooks" / "99_toy.ipynb"
+    nbformat.write(nb, src)
+    assert sp.data_files(nb, src.parent) == ["bench/results/r.json"]
+    out = tmp_path / "pack"
+    sp.make_pack([src], out)
+    assert (out / "bench" / "results" / "r.json").read_text() == '{"gap": 0.5}'
+    assert not (out / "etc").exists()
+
+
 def test_grade_scores_right_wrong_and_unreached_exercises(tmp_path):
     """A real kernel runs a small notebook: one right, one wrong, one never reached."""
     nb = new_notebook(cells=[

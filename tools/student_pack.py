@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import re
 import shutil
 import sys
@@ -225,8 +226,32 @@ your work the same way.
 """
 
 
+RELATIVE_FILE = re.compile(r"""["'](\.\./[\w./-]+)["']""")
+
+
+def data_files(nb, folder: Path) -> list[str]:
+    """Files outside its folder that a notebook's code opens by a relative path ("../bench/results/x.json").
+
+    Returns:
+        the paths relative to `folder`'s parent, for the files that exist (e.g. "bench/results/x.json").
+    """
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for rel in RELATIVE_FILE.findall(cell.source):
+            target = os.path.normpath(folder / rel)
+            inside = os.path.relpath(target, folder.parent)
+            if Path(target).is_file() and not inside.startswith(".."):
+                found.append(Path(inside).as_posix())
+    return sorted(set(found))
+
+
 def make_pack(notebooks: list[Path], out: Path, *, force: bool = False) -> list[Path]:
     """Write the student version of each notebook to `out/notebooks/`, plus README.md and grade.py.
+
+    Files the notebooks read by a relative path outside their folder (saved benchmark results,
+    "../bench/results/...") are copied to the same place in the pack, so the notebooks run there.
 
     Args:
         notebooks: the chapters (.ipynb).
@@ -250,6 +275,9 @@ def make_pack(notebooks: list[Path], out: Path, *, force: bool = False) -> list[
                 raise ValueError(f"{path}: {err}") from None
             nbformat.write(nb, tmp / "notebooks" / path.name)
             written.append(out / "notebooks" / path.name)
+            for rel in data_files(nb, path.parent):
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path.parent.parent / rel, tmp / rel)
         (tmp / "README.md").write_text(STUDENT_README)
         shutil.copy2(Path(__file__), tmp / "grade.py")
         if out.exists():
