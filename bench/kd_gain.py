@@ -45,13 +45,15 @@ def parse_args(argv=None):
     p.add_argument("--labels", type=int, default=None, help="override the recipe's number of labelled images")
     p.add_argument("--width", type=int, default=None, help="override the recipe's student width")
     p.add_argument("--no-augment", action="store_true", help="no augmentation for either student")
+    p.add_argument("--copies", type=int, default=None, help="override the recipe's versions of the transfer set")
     p.add_argument("--T", type=float, default=None, help="override the recipe's temperature")
     p.add_argument("--alpha", type=float, default=None, help="override the recipe's alpha")
     p.add_argument("--sweep", action="store_true",
-                   help="instead: distil one student (seed 0) for every T in --sweep-T and alpha in "
+                   help="instead: distil --sweep-seeds students for every T in --sweep-T and alpha in "
                         "--sweep-alpha, and report val accuracy (how the recipe's T and alpha were chosen)")
     p.add_argument("--sweep-T", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     p.add_argument("--sweep-alpha", type=float, nargs="+", default=[0.7, 0.9, 1.0])
+    p.add_argument("--sweep-seeds", type=int, default=2, help="seeds per (T, alpha) in --sweep (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     return p.parse_args(argv)
@@ -59,7 +61,7 @@ def parse_args(argv=None):
 
 def recipe_from(args):
     changes = {"num_epochs": args.epochs, "alone_epochs": args.alone_epochs, "num_labels": args.labels,
-               "width": args.width,
+               "width": args.width, "copies": args.copies,
                "T": args.T, "alpha": args.alpha}
     if args.no_augment:
         changes["augment"] = False
@@ -105,8 +107,8 @@ def run(recipe, seeds: int) -> dict:
             "wins": sum(r["kd_test"] > r["alone_test"] for r in rows), "seeds": len(rows)}
 
 
-def sweep(recipe, Ts, alphas) -> dict:
-    """Distil one student (seed 0) per (T, alpha); return val and test accuracy of each."""
+def sweep(recipe, Ts, alphas, seeds: int) -> dict:
+    """Distil `seeds` students per (T, alpha); return the val and test accuracy of each."""
     torch.set_num_threads(1)
     ds = load_dataset("mnist5k")
     teacher = load_teacher("mnist5k", ds=ds, verbose=False)
@@ -117,27 +119,34 @@ def sweep(recipe, Ts, alphas) -> dict:
     for T in Ts:
         for alpha in alphas:
             r = dataclasses.replace(recipe, T=T, alpha=alpha)
-            torch.manual_seed(0)
-            student = make_scarce_student(ds, r)
+            row = {"T": T, "alpha": alpha, "val": [], "test": []}
             t0 = time.perf_counter()
-            distill_scarce(student, teacher, cached, r, seed=0)
-            rows.append({"T": T, "alpha": alpha, "val": evaluate(student, val)["accuracy"],
-                         "test": evaluate(student, test)["accuracy"], "wall_s": time.perf_counter() - t0})
-            print(f"T = {T:<4g} alpha = {alpha:<4g} val {rows[-1]['val']:.2%}  ({rows[-1]['wall_s']:.0f} s)", flush=True)
-    return {"recipe": dataclasses.asdict(recipe), "rows": rows}
+            for seed in range(seeds):
+                torch.manual_seed(seed)
+                student = make_scarce_student(ds, r)
+                distill_scarce(student, teacher, cached, r, seed=seed)
+                row["val"].append(evaluate(student, val)["accuracy"])
+                row["test"].append(evaluate(student, test)["accuracy"])
+            row["val_mean"] = mean_std(row["val"])[0]
+            row["wall_s"] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"T = {T:<4g} alpha = {alpha:<4g} val {row['val_mean']:.2%} "
+                  f"({', '.join(format(v, '.1%') for v in row['val'])}; {row['wall_s']:.0f} s)", flush=True)
+    return {"recipe": dataclasses.asdict(recipe), "seeds": seeds, "rows": rows}
 
 
 def main_sweep(args, recipe) -> int:
-    out = sweep(recipe, args.sweep_T, args.sweep_alpha)
-    best = max(out["rows"], key=lambda r: r["val"])  # chosen on val; test is only stored
+    out = sweep(recipe, args.sweep_T, args.sweep_alpha, args.sweep_seeds)
+    best = max(out["rows"], key=lambda r: r["val_mean"])  # chosen on val; test is only stored
+    print(f"mean val accuracy over {args.sweep_seeds} seeds")
     print(f"{'':>10}" + "".join(f"alpha={a:<7g}" for a in args.sweep_alpha))
     for T in args.sweep_T:
-        vals = [r["val"] for r in out["rows"] if r["T"] == T]
+        vals = [r["val_mean"] for r in out["rows"] if r["T"] == T]
         print(f"T = {T:<6g}" + "".join(f"{v:<13.2%}" for v in vals))
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}")
-    print(f"best_T={best['T']:g} best_alpha={best['alpha']:g} val={best['val']:.4f}")
+    print(f"best_T={best['T']:g} best_alpha={best['alpha']:g} val={best['val_mean']:.4f}")
     return 0
 
 
