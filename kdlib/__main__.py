@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train_teacher)
 
+    from .pipeline import PipelineConfig
+
+    D = PipelineConfig()  # the command line's defaults are the pipeline's
     c = sub.add_parser("compress", help="teacher -> distil -> prune -> int8 -> ONNX/ExecuTorch -> report",
                        description="Take a teacher to a small, fast, measured edge model. Writes OUT/report.md, "
                                    "OUT/report.json, OUT/pareto.png and the model files.")
@@ -60,14 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--teacher-arch", default=None, metavar="MODULE:FACTORY",
                    help="your teacher's architecture, e.g. mypkg.models:make_teacher")
     c.add_argument("--teacher-checkpoint", default=None, metavar="PATH", help="your teacher's state_dict (.pt)")
-    c.add_argument("--student-width", type=int, default=12, help="channels of the student's first block (default 12)")
-    c.add_argument("--T", type=float, default=4.0, help="distillation temperature (default 4)")
-    c.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term (default 0.9)")
-    c.add_argument("--distill-epochs", type=int, default=60, help="epochs of distillation (default 60)")
-    c.add_argument("--prune", type=float, default=0.25, help="fraction of each conv's channels to remove (default 0.25)")
-    c.add_argument("--finetune-epochs", type=int, default=20, help="distillation epochs after pruning (default 20)")
+    c.add_argument("--student-width", type=int, default=D.student_width,
+                   help=f"channels of the student's first block (default {D.student_width})")
+    c.add_argument("--T", type=float, default=D.T, help=f"distillation temperature (default {D.T:g})")
+    c.add_argument("--alpha", type=float, default=D.alpha, help=f"weight of the soft term (default {D.alpha:g})")
+    c.add_argument("--distill-epochs", type=int, default=D.distill_epochs,
+                   help=f"epochs of distillation (default {D.distill_epochs})")
+    c.add_argument("--prune", type=float, default=D.prune_amount,
+                   help=f"fraction of each conv's channels to remove (default {D.prune_amount:g})")
+    c.add_argument("--finetune-epochs", type=int, default=D.finetune_epochs,
+                   help=f"distillation epochs after pruning (default {D.finetune_epochs})")
     c.add_argument("--no-executorch", action="store_true", help="skip the ExecuTorch export")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=D.seed)
     group = c.add_mutually_exclusive_group()
     group.add_argument("--force", action="store_true", help="start over in an OUT that holds an earlier run")
     group.add_argument("--resume", action="store_true", help="continue an earlier run, reusing finished stages")

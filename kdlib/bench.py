@@ -191,3 +191,43 @@ def compare_latency(runners: dict, *, rounds: int = 5, warmup: int = 10, repeats
         s.sort()
         out[name] = {"median_us": statistics.median(s), "p90_us": s[min(len(s) - 1, int(0.9 * len(s)))]}
     return out
+
+
+def machine_info() -> dict:
+    """What a latency figure depends on: the processor, its core count, the instruction-set
+    extensions that int8 and fp32 kernels use, and the versions of the runtimes.
+
+    Returns a dict with `processor` (the model name, or `platform.processor()` where
+    /proc/cpuinfo is absent), `cores`, `flags` (those of AVX2, AVX-512, VNNI, AMX and Arm's
+    dot-product extension that the processor has) and `torch`, `onnxruntime` versions
+    (None when not installed). Latency ratios from different machines are not comparable
+    without it.
+
+    Introduced in: notebooks/10_capstone.ipynb
+    """
+    import os
+    import platform
+    from importlib import metadata
+
+    processor, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware") and processor in ("", platform.machine(), platform.processor()):
+                    processor = value.strip() or processor
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"processor": processor, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
+            "torch": torch.__version__, "onnxruntime": version("onnxruntime")}

@@ -313,7 +313,7 @@ class _Batches:
 
 
 def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_range: bool = False,
-                  overwrite: bool = False) -> Path:
+                  keep_first_conv: bool = False, overwrite: bool = False) -> Path:
     """Quantize an fp32 ONNX file to int8 with ONNX Runtime's quantization tools.
 
     First `quant_pre_process` (shape inference and graph optimisation), then:
@@ -335,6 +335,11 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
             (AVX2, AVX-512 without VNNI): there the int8 dot product adds pairs of
             products into a saturating 16-bit sum, which full-range weights can
             overflow, costing accuracy. Not needed with VNNI or on Arm.
+        keep_first_conv: leave the model's first `Conv` in fp32 (its input is quantized after
+            it). A first convolution over one or three input channels holds few weights, so
+            int8 saves almost no bytes there, and its int8 kernel can be slower than the fp32
+            one: chapter 10 measures it. Keeping the first (and last) layer in higher
+            precision is common practice.
         overwrite: replace an existing `dst`.
     Returns:
         the path written.
@@ -346,6 +351,8 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
 
     if mode not in ("static", "dynamic"):
         raise ValueError(f'mode must be "static" or "dynamic", got {mode!r}')
+    if not isinstance(keep_first_conv, bool):
+        raise TypeError(f"keep_first_conv must be True or False, got {keep_first_conv!r}")
     src = _check_source(src, ".onnx")
     dst = _check_dest(dst, ".onnx", overwrite)
     if mode == "static":
@@ -360,14 +367,26 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
     with tempfile.TemporaryDirectory(prefix="kdlib-quant-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(src), str(pre))
+        exclude = _first_conv(pre) if keep_first_conv else []
         if mode == "static":
             reader = _Batches(spec.name, calib, _fixed_batch(spec.shape) or 64)
             quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=reduce_range)
+                            reduce_range=reduce_range, nodes_to_exclude=exclude)
         else:
-            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, reduce_range=reduce_range)
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                             nodes_to_exclude=exclude)
         return _write(dst, out.read_bytes())
+
+
+def _first_conv(path) -> list[str]:
+    """The name of the first Conv node of an ONNX file, in a list (empty if there is none)."""
+    import onnx
+
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type == "Conv":
+            return [node.name]
+    return []
 
 
 # ---------------------------------------------------------------- ExecuTorch

@@ -196,3 +196,19 @@ def test_train_bad_arguments(digits):
     with pytest.raises(ValueError, match="cache_logits=False"):
         train.distill(m, models.StudentMLP((1, 8, 8)), loader, cache_logits=True,
                       augment=data.random_shift_rotate)
+
+
+def test_machine_info_reads_cpuinfo_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from kdlib import bench
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(fake if f == "/proc/cpuinfo" else f, *a, **k))
+    info = bench.machine_info()
+    assert info["processor"] == "Test CPU 9000"
+    assert info["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni"]  # the first processor's, in a fixed order
+    assert info["torch"] == torch.__version__ and info["cores"] >= 1

@@ -157,6 +157,25 @@ def test_quantize_xnnpack_simulates_int8_in_pytorch(student, data):
     assert not torch.equal(got, _eager(student, X))  # it did quantize
 
 
+def test_quantize_onnx_can_keep_the_first_conv_in_fp32(files, data, tmp_path):
+    import onnx
+
+    q = export.quantize_onnx(files["onnx_fp32"], tmp_path / "q.onnx", calibration=data["calibration"],
+                             reduce_range=True, keep_first_conv=True)
+    graph = onnx.load(str(q)).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    initializers = {i.name for i in graph.initializer}
+    # the first conv reads its weight straight from an fp32 initializer; the second through DequantizeLinear
+    assert convs[0].input[1] in initializers and produced_by.get(convs[0].input[1]) is None
+    assert produced_by[convs[1].input[1]] == "DequantizeLinear"
+    full = files["onnx_int8_static"]
+    assert _accuracy(export.predict(q, data["X"]), data["y"]) >= _accuracy(export.predict(full, data["X"]), data["y"]) - 0.005
+    with pytest.raises(TypeError, match="keep_first_conv must be True or False"):
+        export.quantize_onnx(files["onnx_fp32"], tmp_path / "q2.onnx", calibration=data["calibration"],
+                             keep_first_conv="yes")
+
+
 def test_quantize_onnx_rejects_bad_arguments(files, data, tmp_path):
     src = files["onnx_fp32"]
     with pytest.raises(ValueError, match='mode must be "static" or "dynamic"'):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdlib import data, train, utils
 from kdlib.pipeline import PipelineConfig, pareto_front, prepare_out, run_pipeline
@@ -51,6 +52,9 @@ def test_end_to_end_then_resume_then_force(tmp_path, teacher_ckpt):
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "| onnx int8 |" in md and "pareto.png" in md
+    machine = report["machine"]  # a latency figure names the machine it was measured on
+    assert machine["cores"] >= 1 and machine["torch"] == torch.__version__ and machine["processor"]
+    assert f"{machine['cores']} cores" in md
     assert summary["edge_file"] == "edge_int8.onnx"
 
     # an OUT that holds results is refused...
