@@ -2,12 +2,12 @@
 15 epochs (the book's recipe otherwise), their calibration, and the student each one
 distils in the data-scarce setting of chapter 5, with the same seeds.
 
-    OMP_NUM_THREADS=1 python bench/teacher_length.py --json bench/results/teacher_length.json   # about 15 min
+    OMP_NUM_THREADS=1 python bench/teacher_length.py --json bench/results/teacher_length.json   # about 30 min
 
 The 15-epoch teacher is the book's checkpoint (kdlib.zoo.load_teacher); the shorter ones
 are trained here with `kdlib.zoo.train_teacher` and the same recipe except `num_epochs`
 (so each one's learning rate still decays to 0). Each student is distilled with
-kdlib.zoo.DISTILL_RECIPE except `--epochs` (5 passes over the 35,000 augmented transfer
+kdlib.zoo.DISTILL_RECIPE except `--epochs` (and `--T`, `--alpha` when given) (5 passes over the 35,000 augmented transfer
 images instead of the recipe's 15, to keep the run short). Teachers are compared on val and
 test; students on test.
 The last line is `best_teacher_epochs=<n> student_test=<mean per teacher>`.
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-epochs", type=int, nargs="+", default=[1, 3, 15])
     p.add_argument("--seeds", type=int, default=3, help="student seeds 0, 1, ... (default 3)")
     p.add_argument("--epochs", type=int, default=5, help="distillation epochs per student (default 5)")
+    p.add_argument("--T", type=float, default=None, help="override the recipe's temperature")
+    p.add_argument("--alpha", type=float, default=None, help="override the recipe's alpha")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
@@ -56,7 +58,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     ds = load_dataset("mnist5k")
     val, test = make_loader(ds.val, 500), make_loader(ds.test, 500)
-    recipe = dataclasses.replace(DISTILL_RECIPE, num_epochs=args.epochs)
+    recipe = dataclasses.replace(DISTILL_RECIPE, num_epochs=args.epochs,
+                                 **{k: v for k, v in {"T": args.T, "alpha": args.alpha}.items() if v is not None})
     labelled, transfer = scarce_data(ds, recipe)
     print(f"student recipe: {recipe}")
     results = []

@@ -177,8 +177,8 @@ class DistillRecipe:
     num_labels: int = 1000   # labelled training images (a stratified subset, `label_seed`)
     width: int = 8           # StudentCNN width (9,122 parameters at 8, the book's student)
     depth: int = 2           # conv blocks, each halving the resolution
-    T: float = 4.0           # distillation temperature
-    alpha: float = 0.9       # weight of the soft term; the hard term uses only the labelled images
+    T: float = 2.0           # distillation temperature (chosen on val: bench/kd_gain.py --sweep)
+    alpha: float = 1.0       # weight of the soft term; the hard term (1 - alpha) sees only the labelled images
     augment: bool = True     # augment both students (False: the plain images only)
     copies: int = 10         # versions of the transfer set: the originals + 9 augmented ones
     num_epochs: int = 15     # passes over the transfer set's copies (35,000 images per pass)
