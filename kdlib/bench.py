@@ -5,6 +5,7 @@ median and 90th percentile, so that numbers are comparable on a noisy machine.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import statistics
 import time
@@ -27,14 +28,15 @@ def _check_counts(**counts) -> None:
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
 
 
-def _check_input(model: nn.Module, example_input) -> None:
-    """Run the model once (no gradients) so that a shape or type mistake gives a clear error."""
+def _check_input(model: nn.Module, example_input, context=None) -> None:
+    """Run the model once in eval mode (no gradients, inside `context` if given) so that a
+    shape or type mistake gives a clear error."""
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor, e.g. torch.zeros(1, *input_shape)")
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with context or contextlib.nullcontext(), torch.no_grad():
             model(example_input)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
@@ -63,19 +65,8 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     _check_model(model)
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError("example_input must be a tensor, e.g. torch.zeros(1, *input_shape)")
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            model(example_input)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    finally:
-        model.train(was_training)
+    _check_input(model, example_input, counter)
     return counter.get_total_flops() // 2
 
 
