@@ -43,8 +43,7 @@ def main() -> None:
     print(f"\npipeline wall time {wall:.0f} s on {s['machine']['processor']} ({s['machine']['cores']} cores); "
           f"report in {out / 'report.md'}")
     if args.json is not None:
-        keep = {k: v for k, v in s.items() if k != "edge_file"}
-        atomic_write_text(args.json, json.dumps({**keep, "wall_s": round(wall, 1)}, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps({**s, "wall_s": round(wall, 1)}, indent=1) + "\n")
         print(f"wrote {args.json}")
     print(f"size_ratio={s['size_ratio']:.1f} latency_ratio={s['latency_ratio']:.1f} "
           f"accuracy_drop={s['accuracy_drop_points']:.2f}")
