@@ -31,8 +31,9 @@ def _compress(args) -> int:
     config = PipelineConfig(
         dataset=args.dataset, data_root=args.data_root, teacher_arch=args.teacher_arch,
         teacher_checkpoint=args.teacher_checkpoint, student_width=args.student_width, T=args.T,
-        alpha=args.alpha, distill_epochs=args.distill_epochs, prune_amount=args.prune,
-        finetune_epochs=args.finetune_epochs, executorch=not args.no_executorch, seed=args.seed)
+        alpha=args.alpha, copies=args.copies, distill_epochs=args.distill_epochs, prune_amount=args.prune,
+        prune_multiple_of=args.prune_multiple_of, finetune_epochs=args.finetune_epochs, int8_convs=args.int8_convs,
+        executorch=not args.no_executorch, seed=args.seed)
     summary = run_pipeline(args.out, config, force=args.force, resume=args.resume, progress=not args.quiet,
                            log=None if args.quiet else print)
     print(f"edge model {summary['edge_file']}: {summary['size_ratio']:.0f}x smaller, "
@@ -67,12 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"channels of the student's first block (default {D.student_width})")
     c.add_argument("--T", type=float, default=D.T, help=f"distillation temperature (default {D.T:g})")
     c.add_argument("--alpha", type=float, default=D.alpha, help=f"weight of the soft term (default {D.alpha:g})")
+    c.add_argument("--copies", type=int, default=D.copies,
+                   help=f"versions of each training image the student learns from: the original and "
+                        f"shifted/rotated ones (default {D.copies}; 1: the originals only)")
     c.add_argument("--distill-epochs", type=int, default=D.distill_epochs,
-                   help=f"epochs of distillation (default {D.distill_epochs})")
+                   help=f"epochs of distillation over all copies (default {D.distill_epochs})")
     c.add_argument("--prune", type=float, default=D.prune_amount,
                    help=f"fraction of each conv's channels to remove (default {D.prune_amount:g})")
+    c.add_argument("--prune-multiple-of", type=int, default=D.prune_multiple_of,
+                   help=f"round the channels each conv keeps to a multiple of this (default "
+                        f"{D.prune_multiple_of}, the block of x86 fp32 kernels; 1: no rounding)")
     c.add_argument("--finetune-epochs", type=int, default=D.finetune_epochs,
                    help=f"distillation epochs after pruning (default {D.finetune_epochs})")
+    c.add_argument("--int8-convs", action="store_true",
+                   help="quantize the convolutions too, not only the Linear layers (faster on CPUs with "
+                        "VNNI or on Arm; slower for small convs on x86 without VNNI)")
     c.add_argument("--no-executorch", action="store_true", help="skip the ExecuTorch export")
     c.add_argument("--seed", type=int, default=D.seed)
     group = c.add_mutually_exclusive_group()

@@ -1,7 +1,9 @@
 """One pipeline from a teacher to a small, fast, measured edge model.
 
-    teacher (load or train) -> distil a student -> structured pruning with a
-    distillation fine-tune -> int8 quantization -> export (ONNX, ExecuTorch)
+    teacher (load or train) -> distil a student (on augmented copies of the
+    training images, teacher logits cached once) -> structured pruning to
+    hardware-friendly channel counts with a distillation fine-tune -> int8
+    quantization -> export (ONNX, ExecuTorch)
     -> evaluate and benchmark every stage side by side -> report
 
 The only module of kdlib that knows the whole story; `python -m kdlib
@@ -27,14 +29,15 @@ import torch
 from torch import nn
 
 from . import bench, export, prune
-from .data import DatasetSplits, as_tensors, load_dataset, make_loader
+from .data import DatasetSplits, as_tensors, augmented_copies, load_dataset, make_loader
 from .models import StudentCNN, TeacherCNN
-from .train import distill, evaluate
+from .train import cache_teacher_logits, distill, evaluate
 from .utils import atomic_write_bytes, atomic_write_text, load_checkpoint, save_checkpoint, seed_everything, \
     sha256_file
 from .zoo import load_teacher
 
 STATE_FILE = ".pipeline_state.json"
+INT8_LINEAR_OPS = ("Gemm", "MatMul")  # what int8_convs=False quantizes: the fully connected layers
 # Every file the pipeline writes: --force removes these (and nothing else) before starting over.
 OUTPUT_FILES = ("student.pt", "student.pt.sha256", "pruned.pt", "pruned.pt.sha256", "edge_fp32.onnx",
                 "edge_int8.onnx", "edge_fp32.pte", "report.json", "report.md", "pareto.png", STATE_FILE)
@@ -48,16 +51,19 @@ class PipelineConfig:
     data_root: str | None = None       # folder of the torchvision files
     teacher_arch: str | None = None    # "package.module:factory" for your own teacher
     teacher_checkpoint: str | None = None  # its state_dict (.pt); the book's teacher when both are None
-    student_width: int = 12            # channels of the student's first conv block (headroom for int8)
-    T: float = 4.0                     # distillation temperature
-    alpha: float = 0.9                 # weight of the soft term
-    distill_epochs: int = 30           # distillation of the student on all training images
+    student_width: int = 12            # channels of the student's first conv block (headroom for pruning)
+    T: float = 2.0                     # distillation temperature (chapter 5's recipe)
+    alpha: float = 1.0                 # weight of the soft term (chapter 5's recipe)
+    copies: int = 4                    # versions of each training image: the original + 3 shifted/rotated
+    distill_epochs: int = 8            # passes over all the copies (teacher logits computed once)
     lr: float = 5e-3
     prune_amount: float = 0.25         # fraction of each conv's channels removed
-    finetune_epochs: int = 10          # distillation fine-tune after pruning
+    prune_multiple_of: int = 8         # ... rounded so that 8, 16, ... channels stay (x86 fp32 kernels' block)
+    finetune_epochs: int = 3           # distillation fine-tune after pruning, over the same copies
     calibration_size: int = 500        # training images used to calibrate int8 ranges
+    int8_convs: bool = False           # False: int8 Linear layers only (where the bytes are); True: convs too
     int8_reduce_range: bool = True     # 7-bit weights: no int16 saturation on x86 CPUs without VNNI
-    int8_keep_first_conv: bool = True  # the first conv stays fp32: one input channel, slow in int8
+    int8_keep_first_conv: bool = True  # with int8_convs: the first conv stays fp32 (one input channel)
     executorch: bool = True            # also export a .pte for ExecuTorch
     latency_threads: int = 1           # threads for every latency measurement
     latency_rounds: int = 5            # interleaved rounds of the side-by-side timing
@@ -66,7 +72,8 @@ class PipelineConfig:
     def validate(self) -> "PipelineConfig":
         if not 0 <= self.prune_amount < 1:
             raise ValueError(f"prune_amount must be in [0, 1), got {self.prune_amount}")
-        for name in ("student_width", "distill_epochs", "calibration_size", "latency_threads", "latency_rounds"):
+        for name in ("student_width", "copies", "distill_epochs", "prune_multiple_of", "calibration_size",
+                     "latency_threads", "latency_rounds"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
@@ -354,35 +361,44 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
     teacher_hash = hashlib.sha256(b"".join(v.numpy().tobytes() for v in teacher.state_dict().values()
                                            if v.is_floating_point())).hexdigest()
     run.state["teacher"] = {"key": teacher_hash, "outputs": {}, "record": {}}
-    train_loader = make_loader(ds.train, 128, shuffle=True, seed=config.seed)
+    loaders = {}
+
+    def transfer_loader():
+        """The copies of the training images with the teacher's logits, computed once (when first needed)."""
+        if not loaders:
+            copies = augmented_copies(ds.train, config.copies, seed=config.seed)
+            loaders["train"] = cache_teacher_logits(teacher, make_loader(copies, 128, shuffle=True, seed=config.seed))
+        return loaders["train"]
 
     def do_distill():
         seed_everything(config.seed)
         student = _student(config, ds)
-        distill(student, teacher, train_loader, T=config.T, alpha=config.alpha, num_epochs=config.distill_epochs,
-                lr=config.lr, progress=progress, seed=config.seed)
+        distill(student, teacher, transfer_loader(), T=config.T, alpha=config.alpha,
+                num_epochs=config.distill_epochs, lr=config.lr, cache_logits=True, progress=progress,
+                seed=config.seed)
         _save(student, out / "student.pt")
         return {}
 
-    stage("distill", ("dataset", "student_width", "T", "alpha", "distill_epochs", "lr", "seed"), ("teacher",),
-          ("student.pt",), do_distill)
+    stage("distill", ("dataset", "student_width", "T", "alpha", "copies", "distill_epochs", "lr", "seed"),
+          ("teacher",), ("student.pt",), do_distill)
     student = _load_state(_student(config, ds), out / "student.pt")
     example = as_tensors(ds.test)[0][:1]
 
     def pruned_shell():
-        return prune.channel_prune(student, config.prune_amount, example)
+        return prune.channel_prune(student, config.prune_amount, example, multiple_of=config.prune_multiple_of)
 
     def do_prune():
         seed_everything(config.seed)
         pruned = pruned_shell()
         if config.finetune_epochs:
-            distill(pruned, teacher, train_loader, T=config.T, alpha=config.alpha,
-                    num_epochs=config.finetune_epochs, lr=config.lr / 5, progress=progress, seed=config.seed)
+            distill(pruned, teacher, transfer_loader(), T=config.T, alpha=config.alpha,
+                    num_epochs=config.finetune_epochs, lr=config.lr / 5, cache_logits=True, progress=progress,
+                    seed=config.seed)
         _save(pruned, out / "pruned.pt")
         return {}
 
-    stage("prune", ("prune_amount", "finetune_epochs", "T", "alpha", "lr", "seed"), ("distill",),
-          ("pruned.pt",), do_prune)
+    stage("prune", ("prune_amount", "prune_multiple_of", "finetune_epochs", "T", "alpha", "copies", "lr", "seed"),
+          ("distill",), ("pruned.pt",), do_prune)
     pruned = _load_state(pruned_shell(), out / "pruned.pt")
     X_train, _ = as_tensors(ds.train)
 
@@ -397,11 +413,12 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
         idx = torch.randperm(len(X_train), generator=g)[:config.calibration_size]
         export.quantize_onnx(out / "edge_fp32.onnx", out / "edge_int8.onnx", calibration=X_train[idx],
                              mode="static", reduce_range=config.int8_reduce_range,
-                             keep_first_conv=config.int8_keep_first_conv, overwrite=True)
+                             keep_first_conv=config.int8_convs and config.int8_keep_first_conv,
+                             op_types=None if config.int8_convs else INT8_LINEAR_OPS, overwrite=True)
         return {}
 
-    stage("quantize_int8", ("calibration_size", "int8_reduce_range", "int8_keep_first_conv", "seed"), ("export_onnx",),
-          ("edge_int8.onnx",), do_int8)
+    stage("quantize_int8", ("calibration_size", "int8_convs", "int8_reduce_range", "int8_keep_first_conv", "seed"),
+          ("export_onnx",), ("edge_int8.onnx",), do_int8)
     files = {"onnx fp32": out / "edge_fp32.onnx", "onnx int8": out / "edge_int8.onnx"}
     if config.executorch:
         def do_pte():

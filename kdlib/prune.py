@@ -218,15 +218,32 @@ def filter_norms(conv: nn.Conv2d, criterion: str = "l1") -> torch.Tensor:
     return w.abs().sum(1) if criterion == "l1" else w.pow(2).sum(1).sqrt()
 
 
-def channels_to_keep(conv: nn.Conv2d, amount: float, criterion: str = "l1") -> torch.Tensor:
+def _check_multiple(multiple_of) -> int:
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"multiple_of must be a positive int (1: no rounding, 8: the SIMD width of fp32 "
+                         f"kernels on x86), got {multiple_of!r}")
+    return multiple_of
+
+
+def channels_to_keep(conv: nn.Conv2d, amount: float, criterion: str = "l1", *,
+                     multiple_of: int = 1) -> torch.Tensor:
     """Sorted indices of the output channels that survive: the
     `C_out - round(amount * C_out)` filters of largest norm (at least one).
+
+    With `multiple_of=m`, that count is rounded to the nearest multiple of m
+    (at least m, at most C_out; a layer with fewer than m channels is left
+    whole). Runtimes vectorise over channels in blocks (8 fp32 values for
+    AVX2), so 8 or 16 channels run faster than 9 or 18: chapter 10 measures it.
 
     Introduced in: notebooks/07_pruning.ipynb
     """
     amount = check_amount(amount)
+    m = _check_multiple(multiple_of)
     norms = filter_norms(conv, criterion)
-    n_keep = max(1, norms.numel() - round(amount * norms.numel()))
+    c_out = norms.numel()
+    n_keep = max(1, c_out - round(amount * c_out))
+    if m > 1:
+        n_keep = c_out if c_out < m else min(c_out, m * max(1, round(n_keep / m)))
     return torch.topk(norms, n_keep).indices.sort().values
 
 
@@ -322,7 +339,7 @@ def _consumer(model: nn.Sequential, i: int) -> int | None:
 
 
 def channel_prune(model: nn.Module, amount: float, example_input: torch.Tensor, *,
-                  criterion: str = "l1") -> nn.Sequential:
+                  criterion: str = "l1", multiple_of: int = 1) -> nn.Sequential:
     """Remove output channels of every convolution and return a smaller dense model
     (filter pruning, Li et al. 2017, "Pruning filters for efficient ConvNets").
 
@@ -342,6 +359,8 @@ def channel_prune(model: nn.Module, amount: float, example_input: torch.Tensor, 
         example_input: (1, C, H, W) input, used to find the spatial size at the
             Flatten and to check the result runs.
         criterion: "l1" or "l2", the filter norm that ranks channels.
+        multiple_of: round each conv's kept channels to a multiple of this
+            (see `channels_to_keep`); 1 keeps exactly `amount`.
     Returns:
         a new nn.Sequential in the same train/eval mode as `model`; with
         amount=0 it computes exactly what `model` computes.
@@ -353,6 +372,7 @@ def channel_prune(model: nn.Module, amount: float, example_input: torch.Tensor, 
     """
     _check_model(model)
     amount = check_amount(amount)
+    _check_multiple(multiple_of)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
     if not isinstance(example_input, torch.Tensor):
@@ -366,7 +386,7 @@ def channel_prune(model: nn.Module, amount: float, example_input: torch.Tensor, 
     for i, m in enumerate(model):
         if not isinstance(m, nn.Conv2d) or (j := _consumer(model, i)) is None:
             continue
-        keep = channels_to_keep(layers[i], amount, criterion)  # ranks the weights that remain
+        keep = channels_to_keep(layers[i], amount, criterion, multiple_of=multiple_of)  # ranks the weights that remain
         layers[i] = _slice_conv(layers[i], out_idx=keep)
         for k in range(i + 1, j):
             if isinstance(model[k], nn.BatchNorm2d):

@@ -176,6 +176,30 @@ def test_quantize_onnx_can_keep_the_first_conv_in_fp32(files, data, tmp_path):
                              keep_first_conv="yes")
 
 
+def test_quantize_onnx_op_types_quantizes_only_the_linear_layer(files, data, tmp_path):
+    import onnx
+
+    q = export.quantize_onnx(files["onnx_fp32"], tmp_path / "q.onnx", calibration=data["calibration"],
+                             reduce_range=True, op_types=("Gemm", "MatMul"))
+    graph = onnx.load(str(q)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    initializers = {i.name: i for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    assert convs and all(c.input[1] in initializers and c.input[1] not in produced_by for c in convs)  # fp32
+    assert produced_by[gemm.input[1]] == "DequantizeLinear"  # int8 weights
+    assert q.stat().st_size < Path(files["onnx_fp32"]).stat().st_size  # the Linear holds most of the bytes
+    fp32 = export.predict(files["onnx_fp32"], data["X"])
+    assert _accuracy(export.predict(q, data["X"]), data["y"]) >= _accuracy(fp32, data["y"]) - 0.01
+    dyn = export.quantize_onnx(files["onnx_fp32"], tmp_path / "d.onnx", mode="dynamic", op_types=["Gemm", "MatMul"])
+    assert "ConvInteger" not in {n.op_type for n in onnx.load(str(dyn)).graph.node}
+    for bad in ("Gemm", [], [""], [3], ("Gemm", None)):
+        with pytest.raises(ValueError, match="op_types must be None or a non-empty list"):
+            export.quantize_onnx(files["onnx_fp32"], tmp_path / "bad.onnx", calibration=data["calibration"],
+                                 op_types=bad)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_quantize_onnx_rejects_bad_arguments(files, data, tmp_path):
     src = files["onnx_fp32"]
     with pytest.raises(ValueError, match='mode must be "static" or "dynamic"'):

@@ -1,4 +1,5 @@
 """kdlib.pipeline and `python -m kdlib compress`: the whole story on the digits, fast."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,8 +31,8 @@ def teacher_ckpt(tmp_path_factory):
 
 def _config(teacher_ckpt, **kw):
     base = dict(dataset="digits", teacher_arch="pipeline_models:small_teacher",
-                teacher_checkpoint=str(teacher_ckpt), student_width=4, distill_epochs=3, finetune_epochs=1,
-                calibration_size=64, latency_rounds=1, executorch=True)
+                teacher_checkpoint=str(teacher_ckpt), student_width=4, copies=2, distill_epochs=3, finetune_epochs=1,
+                prune_multiple_of=1, calibration_size=64, latency_rounds=1, executorch=True)
     return PipelineConfig(**{**base, **kw})
 
 
@@ -78,6 +79,38 @@ def test_end_to_end_then_resume_then_force(tmp_path, teacher_ckpt):
     run_pipeline(out, _config(teacher_ckpt, executorch=False), force=True, progress=False, log=lines.append)
     assert not any("reused" in line for line in lines)
     assert (out / "notes.txt").read_text() == "mine" and not (out / "edge_fp32.pte").exists()
+
+
+def _weight_is_int8(graph, node) -> bool:
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    return produced_by.get(node.input[1]) == "DequantizeLinear"
+
+
+def test_defaults_round_channels_and_quantize_only_the_linear_layers(tmp_path, teacher_ckpt):
+    import onnx
+
+    d = PipelineConfig()
+    assert (d.prune_multiple_of, d.int8_convs, d.copies) == (8, False, 4)
+    out = tmp_path / "out"
+    cfg = _config(teacher_ckpt, student_width=12, prune_multiple_of=d.prune_multiple_of, executorch=False)
+    run_pipeline(out, cfg, progress=False, log=None)
+    pruned = torch.load(out / "pruned.pt", weights_only=True)
+    convs = [v.shape[0] for k, v in pruned.items() if k.endswith("weight") and v.dim() == 4]
+    assert convs == [8, 16]  # 12 and 24 channels, 25% off, rounded to multiples of 8 (not 9 and 18)
+    graph = onnx.load(str(out / "edge_int8.onnx")).graph
+    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    assert [(n.op_type, _weight_is_int8(graph, n)) for n in layers] == [("Conv", False), ("Conv", False),
+                                                                        ("Gemm", True)]
+    # --int8-convs: the second conv too (the first stays fp32); only that stage and the ones after it rerun
+    lines = []
+    run_pipeline(out, dataclasses.replace(cfg, int8_convs=True), resume=True, progress=False, log=lines.append)
+    assert "[prune] reused" in " ".join(lines) and any(line.startswith("[quantize_int8] done") for line in lines)
+    graph = onnx.load(str(out / "edge_int8.onnx")).graph
+    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    assert [_weight_is_int8(graph, n) for n in layers] == [False, True, True]
+    for bad in (dict(copies=0), dict(prune_multiple_of=0), dict(distill_epochs=0)):
+        with pytest.raises(ValueError, match="must be a positive int"):
+            PipelineConfig(**bad).validate()
 
 
 def test_checkpoint_that_does_not_fit(tmp_path, teacher_ckpt):
@@ -135,6 +168,7 @@ def test_cli_help_and_one_line_errors(tmp_path, teacher_ckpt):
 def test_cli_runs_the_pipeline(tmp_path, teacher_ckpt):
     r = _cli("compress", "--out", str(tmp_path / "o"), "--dataset", "digits", "--teacher-arch",
              "pipeline_models:small_teacher", "--teacher-checkpoint", str(teacher_ckpt), "--student-width", "4",
-             "--distill-epochs", "2", "--finetune-epochs", "1", "--no-executorch", "--quiet")
+             "--copies", "1", "--distill-epochs", "2", "--prune-multiple-of", "1", "--finetune-epochs", "1",
+             "--int8-convs", "--no-executorch", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "smaller" in r.stdout and (tmp_path / "o" / "report.md").exists()

@@ -369,6 +369,31 @@ def test_channel_prune_fraction_rounding():
         assert math.isclose(pruned[-1].in_features, outs[-1] * 49)
 
 
+def test_channel_prune_multiple_of_rounds_kept_channels():
+    model = _student(width=12)  # convs of 12 and 24 channels
+    counts = lambda m: [c.out_channels for c in m if isinstance(c, nn.Conv2d)]
+    assert counts(channel_prune(model, 0.25, X1)) == [9, 18]
+    assert counts(channel_prune(model, 0.25, X1, multiple_of=8)) == [8, 16]   # nearest multiples of 8
+    assert counts(channel_prune(model, 0.1, X1, multiple_of=8)) == [8, 24]    # 11 -> 8, 22 -> 24
+    assert counts(channel_prune(model, 0.9, X1, multiple_of=8)) == [8, 8]     # never below one block
+    assert counts(channel_prune(model, 0.25, X1, multiple_of=16)) == [12, 16]  # 12 < 16: left whole
+    # the same filters win: the kept ones are the largest-norm ones, whatever the count
+    conv = model[0]
+    keep = channels_to_keep(conv, 0.25, multiple_of=8)
+    assert torch.equal(keep, torch.topk(filter_norms(conv), 8).indices.sort().values)
+    pruned = channel_prune(model, 0.25, X1, multiple_of=8)
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert math.isclose(pruned[-1].in_features, 16 * 49)
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
+def test_channel_prune_multiple_of_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="multiple_of must be a positive int"):
+        channel_prune(_student(), 0.25, X1, multiple_of=bad)
+    with pytest.raises(ValueError, match="multiple_of"):
+        channels_to_keep(_student()[0], 0.25, multiple_of=bad)
+
+
 # ---------------------------------------------------------------- the chapter's widget
 
 
