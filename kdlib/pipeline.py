@@ -231,6 +231,11 @@ def pareto_figure(rows: list[dict]):
     return fig
 
 
+def _conv_channels(model: nn.Module) -> list[int]:
+    """The output channels of every convolution, in order (what pruning changed)."""
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
 def _measure(run: _Run, ds: DatasetSplits, models: dict, files: dict) -> list[dict]:
     """Accuracy, size and latency of every stage, timed side by side."""
     example = as_tensors(ds.test)[0][:1]
@@ -244,12 +249,14 @@ def _measure(run: _Run, ds: DatasetSplits, models: dict, files: dict) -> list[di
     rows = []
     for name, m in models.items():
         rows.append({"stage": name, "format": "PyTorch fp32", "file": None, "params": bench.count_params(m),
-                     "bytes": bench.serialized_size(m), "accuracy": _test_accuracy(m, ds), **timing[name]})
+                     "channels": _conv_channels(m), "bytes": bench.serialized_size(m),
+                     "accuracy": _test_accuracy(m, ds), **timing[name]})
     kinds = {".onnx": "ONNX Runtime", ".pte": "ExecuTorch"}
     for name, path in files.items():
         precision = "int8" if "int8" in path.name else "fp32"
         rows.append({"stage": name, "format": f"{kinds[path.suffix]} {precision}", "file": path.name,
                      "params": bench.count_params(models["pruned"]),  # every file holds the pruned model
+                     "channels": _conv_channels(models["pruned"]),
                      "bytes": path.stat().st_size, "accuracy": _file_accuracy(path, ds), **timing[name]})
     return rows
 

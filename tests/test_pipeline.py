@@ -97,6 +97,8 @@ def test_defaults_round_channels_and_quantize_only_the_linear_layers(tmp_path, t
     pruned = torch.load(out / "pruned.pt", weights_only=True)
     convs = [v.shape[0] for k, v in pruned.items() if k.endswith("weight") and v.dim() == 4]
     assert convs == [8, 16]  # 12 and 24 channels, 25% off, rounded to multiples of 8 (not 9 and 18)
+    rows = {r["stage"]: r for r in json.loads((out / "report.json").read_text())["stages"]}
+    assert rows["student"]["channels"] == [12, 24] and rows["onnx int8"]["channels"] == [8, 16]
     graph = onnx.load(str(out / "edge_int8.onnx")).graph
     layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
     assert [(n.op_type, _weight_is_int8(graph, n)) for n in layers] == [("Conv", False), ("Conv", False),
