@@ -6,6 +6,7 @@ with a teacher. All three are plain PyTorch loops with a per-epoch history.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -84,10 +85,45 @@ def _epochs(num_epochs: int, progress: bool, desc: str):
     return trange(num_epochs, desc=desc, leave=False)
 
 
+def _channels_last(model: nn.Module, device) -> bool:
+    """Whether to run `model` in channels-last memory format: CNNs on a CPU.
+
+    Same numbers up to rounding, laid out (N, H, W, C) in memory: oneDNN's CPU kernels for
+    convolution, batch norm and max-pooling run about a third faster that way on the book's
+    models, in training and in inference (measured in the commit that added this).
+    """
+    return torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@contextlib.contextmanager
+def _fast_layout(model: nn.Module, device):
+    """Within the block, a CNN on a CPU keeps its 4-D weights channels-last; afterwards they
+    are back in the usual layout (a model that was channels-last already is left alone).
+    The parameters stay the same objects, so an optimizer built on them keeps working."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    already = any(not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    if already or not _channels_last(model, device):
+        yield torch.channels_last if already else torch.contiguous_format
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, schedule,
-         val_loader, device, progress, desc) -> History:
+         val_loader, device, progress, desc, teacher: nn.Module | None = None) -> History:
     """The shared loop: `batch_loss(model, batch)` returns the loss of one batch."""
     opt, sched = _make_optimizer(model, lr, weight_decay, num_epochs, schedule)
+    with _fast_layout(model, device) as memory_format, \
+            (_fast_layout(teacher, device) if teacher is not None else contextlib.nullcontext()):
+        return _fit_loop(model, loader, batch_loss, opt, sched, num_epochs=num_epochs, val_loader=val_loader,
+                         device=device, progress=progress, desc=desc, memory_format=memory_format)
+
+
+def _fit_loop(model, loader, batch_loss, opt, sched, *, num_epochs, val_loader, device, progress, desc,
+              memory_format) -> History:
     history = History()
     net, loader, sampler = model, *_shard(loader)
     if sampler is not None:  # under torchrun: one shard of the data per process, gradients averaged
@@ -103,7 +139,8 @@ def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, s
         model.train()
         total, count = torch.zeros((), device=device), 0
         for batch in loader:
-            batch = [t.to(device, non_blocking=True) for t in batch]
+            batch = [t.to(device, non_blocking=True, memory_format=memory_format) if t.dim() == 4
+                     else t.to(device, non_blocking=True) for t in batch]
             loss = batch_loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,12 +309,15 @@ def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tupl
     was_training = model.training
     model.eval().to(device)
     outs, ys = [], []
-    for batch in loader:
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise TypeError("the loader must yield (X, y) batches, e.g. make_loader(TensorDataset(X, y))")
-        outs.append(run_model(model, batch[0].to(device)).float().cpu())
-        ys.append(batch[1].cpu())
-    model.train(was_training)
+    try:
+        with _fast_layout(model, device):
+            for batch in loader:
+                if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                    raise TypeError("the loader must yield (X, y) batches, e.g. make_loader(TensorDataset(X, y))")
+                outs.append(run_model(model, batch[0].to(device)).float().cpu())
+                ys.append(batch[1].cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(outs), torch.cat(ys)
 
 
@@ -452,7 +492,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
         return kd_loss_partial(m(X), t_logits, y, T=T, alpha=alpha)
 
     return _fit(student, loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
-                schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="distill")
+                schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="distill",
+                teacher=None if cache_logits else teacher)
 
 
 @torch.no_grad()

@@ -161,6 +161,35 @@ def test_train_learns_and_is_reproducible(digits):
     assert "History(epochs=5" in repr(runs[0][1])
 
 
+def test_cnns_train_channels_last_on_cpu_with_the_same_numbers(digits, monkeypatch):
+    loader = data.make_loader(digits.train, 64, shuffle=True, seed=0)
+
+    def run():
+        utils.seed_everything(0)
+        m = models.StudentCNN((1, 8, 8), width=4, depth=2)
+        return m, train.train(m, loader, num_epochs=3, lr=1e-2, progress=False, seed=0)
+
+    assert train._channels_last(models.StudentCNN((1, 8, 8), width=4, depth=1), "cpu")
+    assert not train._channels_last(models.StudentMLP((1, 8, 8)), "cpu")  # no convolution: nothing to gain
+    fast, h_fast = run()
+    conv = [m for m in fast.modules() if isinstance(m, nn.Conv2d)][-1].weight  # (8, 4, 3, 3)
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)  # handed back as usual
+    monkeypatch.setattr(train, "_channels_last", lambda model, device: False)
+    plain, h_plain = run()
+    assert h_fast.train_loss == pytest.approx(h_plain.train_loss, rel=1e-4)  # the same training, laid out differently
+    for a, b in zip(fast.state_dict().values(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    monkeypatch.undo()
+    # inference too: same logits, and a model that was channels-last stays so
+    X = data.as_tensors(digits.test)[0]
+    logits, _ = train.predict_logits(fast, data.make_loader(digits.test, 64))
+    torch.testing.assert_close(logits, fast(X), rtol=1e-4, atol=1e-5)
+    assert conv.is_contiguous()
+    fast.to(memory_format=torch.channels_last)
+    train.predict_logits(fast, data.make_loader(digits.test, 64))
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
 def test_evaluate_agreement_with_itself_is_one(digits):
     m = models.StudentMLP((1, 8, 8), hidden=(16,))
     r = train.evaluate(m, data.make_loader(digits.val, 64), teacher=m)
