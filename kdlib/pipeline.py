@@ -212,22 +212,25 @@ def pareto_figure(rows: list[dict]):
     if not isinstance(rows, (list, tuple)) or not rows or not all(
             isinstance(r, dict) and all(k in r for k in keys) for r in rows):
         raise TypeError(f"rows must be a non-empty list of dicts with the keys {keys} (the report's stages)")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    markers = "osD^vPX*<>ph"  # a marker and a colour per stage, named in one legend: stages that
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)  # land on one spot stay readable
     for ax, key, label in ((axes[0], "bytes", "file size (bytes, log scale)"),
                            (axes[1], "median_us", "batch-1 latency (µs, log scale)")):
         pts = [(r[key], 100 * r["accuracy"]) for r in rows]
         front = sorted(pareto_front(pts), key=lambda i: pts[i][0])
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="0.6", zorder=1,
                 label="Pareto front")
-        for r, (x, y) in zip(rows, pts):
-            ax.scatter(x, y, s=40, zorder=2)
-            ax.annotate(r["stage"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, (r, (x, y)) in enumerate(zip(rows, pts)):
+            ax.scatter(x, y, s=60, marker=markers[i % len(markers)], color=f"C{i % 10}", alpha=0.85,
+                       edgecolors="white", linewidths=0.5, zorder=2, label=r["stage"])
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False)
     fig.suptitle("Every stage of the pipeline: smaller and faster to the left, better up")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
