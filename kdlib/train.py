@@ -95,6 +95,9 @@ def _channels_last(model: nn.Module, device) -> bool:
     return torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+_INFERENCE_CHUNK = 128  # images per forward pass in predict_logits (CNNs on a CPU)
+
+
 @contextlib.contextmanager
 def _fast_layout(model: nn.Module, device):
     """Within the block, a CNN on a CPU keeps its 4-D weights channels-last; afterwards they
@@ -310,11 +313,16 @@ def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tupl
     model.eval().to(device)
     outs, ys = [], []
     try:
-        with _fast_layout(model, device):
+        with _fast_layout(model, device) as layout:
+            # a CNN on a CPU runs large batches in chunks: 128 images' activations stay in the
+            # processor's cache, 1,000 do not (the book's teacher: about twice as fast per image)
+            chunk = _INFERENCE_CHUNK if layout == torch.channels_last else None
             for batch in loader:
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                     raise TypeError("the loader must yield (X, y) batches, e.g. make_loader(TensorDataset(X, y))")
-                outs.append(run_model(model, batch[0].to(device)).float().cpu())
+                X = batch[0].to(device)
+                parts = X.split(chunk) if chunk and isinstance(X, torch.Tensor) and len(X) > chunk else (X,)
+                outs.extend(run_model(model, part).float().cpu() for part in parts)
                 ys.append(batch[1].cpu())
     finally:
         model.train(was_training)
