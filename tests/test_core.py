@@ -184,6 +184,10 @@ def test_cnns_train_channels_last_on_cpu_with_the_same_numbers(digits, monkeypat
     X = data.as_tensors(digits.test)[0]
     logits, _ = train.predict_logits(fast, data.make_loader(digits.test, 64))
     torch.testing.assert_close(logits, fast(X), rtol=1e-4, atol=1e-5)
+    assert len(X) > train._INFERENCE_CHUNK  # one batch of the whole test set: run in chunks, same logits
+    whole, y = train.predict_logits(fast, data.make_loader(digits.test, len(X)))
+    torch.testing.assert_close(whole, logits, rtol=1e-4, atol=1e-5)
+    assert len(whole) == len(y) == len(X)
     assert conv.is_contiguous()
     fast.to(memory_format=torch.channels_last)
     train.predict_logits(fast, data.make_loader(digits.test, 64))
