@@ -44,9 +44,13 @@ $(VENDOR): tools/vendor_js.py tools/widgets_offline.js | $(STAMP)
 	$(PY) tools/vendor_js.py
 	@touch $@
 
-# Debian's chromium for the browser tests (never `playwright install`)
+# Debian's chromium for the browser tests (never `playwright install`), and a colour emoji font so
+# that the screenshots show the execution table's status marks (optional: the tests do not need it)
 chromium:
 	@test -x $(CHROMIUM) || { $(APT) update -q && $(APT) install -y -q chromium; }
+	@fc-list 2>/dev/null | grep -qi "color emoji" || $(APT) install -y -q fonts-noto-color-emoji \
+		|| { $(APT) update -q && $(APT) install -y -q fonts-noto-color-emoji; } \
+		|| echo "note: no colour emoji font; the screenshots will show boxes for emoji"
 
 book: setup vendor
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
