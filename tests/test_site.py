@@ -292,6 +292,42 @@ def test_notebook_pages_have_launch_buttons(load, page):
     assert any("mybinder.org" in u for u in links), f"{page}: no Binder button"
 
 
+# --- tables that a cell displays as Markdown -----------------------------------------------
+
+class _TextOutsidePre(HTMLParser):
+    """The text of a page outside <pre> blocks (code and printed output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.parts = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        self.depth += tag == "pre"
+
+    def handle_endtag(self, tag):
+        self.depth -= tag == "pre" and self.depth > 0
+
+    def handle_data(self, data):
+        if not self.depth:
+            self.parts.append(data)
+
+
+def test_markdown_tables_from_cells_render_as_tables():
+    """A Markdown table that a cell displays (the capstone's report, chapter 6's results) becomes an
+    HTML table; parsed as CommonMark it would show as lines of pipes and dashes."""
+    if not PAGES:
+        _missing(f"no built site at {SITE}: run `make book` first")
+    raw = re.compile(r"\|\s*:?(?:-{3,}|[\u2013\u2014]+):?\s*\|")  # | --- |, or its dashes typeset as — or –
+    for page in PAGES:
+        parser = _TextOutsidePre()
+        parser.feed((SITE / page).read_text(encoding="utf-8"))
+        text = " ".join(parser.parts)
+        assert not raw.search(text), f"{page}: a Markdown table shows as text (| --- |); is nb_render_markdown_format myst?"
+    capstone = (SITE / "notebooks" / "10_capstone.html").read_text(encoding="utf-8")
+    tables = re.findall(r"<table.*?</table>", capstone, re.S)
+    assert any("onnx int8" in t and "teacher" in t for t in tables), "the capstone's report table is missing"
+
+
 # --- a static crawl of every link -------------------------------------------------------
 
 class _Links(HTMLParser):
