@@ -377,6 +377,8 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
         """The copies of the training images with the teacher's logits, computed once (when first needed)."""
         if not loaders:
             copies = augmented_copies(ds.train, config.copies, seed=config.seed)
+            log(f"[distill] the teacher's logits on {len(copies):,} images ({config.copies} versions of each "
+                f"training image), computed once")
             loaders["train"] = cache_teacher_logits(teacher, make_loader(copies, 128, shuffle=True, seed=config.seed))
         return loaders["train"]
 
