@@ -14,6 +14,7 @@ there with matching hashes is reused by `resume=True`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -371,16 +372,13 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
     teacher_hash = hashlib.sha256(b"".join(v.numpy().tobytes() for v in teacher.state_dict().values()
                                            if v.is_floating_point())).hexdigest()
     run.state["teacher"] = {"key": teacher_hash, "outputs": {}, "record": {}}
-    loaders = {}
-
+    @functools.cache
     def transfer_loader():
         """The copies of the training images with the teacher's logits, computed once (when first needed)."""
-        if not loaders:
-            copies = augmented_copies(ds.train, config.copies, seed=config.seed)
-            log(f"[distill] the teacher's logits on {len(copies):,} images ({config.copies} versions of each "
-                f"training image), computed once")
-            loaders["train"] = cache_teacher_logits(teacher, make_loader(copies, 128, shuffle=True, seed=config.seed))
-        return loaders["train"]
+        copies = augmented_copies(ds.train, config.copies, seed=config.seed)
+        log(f"[distill] the teacher's logits on {len(copies):,} images ({config.copies} versions of each "
+            f"training image), computed once")
+        return cache_teacher_logits(teacher, make_loader(copies, 128, shuffle=True, seed=config.seed))
 
     def do_distill():
         seed_everything(config.seed)

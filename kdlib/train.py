@@ -321,7 +321,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tupl
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                     raise TypeError("the loader must yield (X, y) batches, e.g. make_loader(TensorDataset(X, y))")
                 X = batch[0].to(device)
-                parts = X.split(chunk) if chunk and isinstance(X, torch.Tensor) and len(X) > chunk else (X,)
+                parts = X.split(chunk) if chunk and len(X) > chunk else (X,)
                 outs.extend(run_model(model, part).float().cpu() for part in parts)
                 ys.append(batch[1].cpu())
     finally:
