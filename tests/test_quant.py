@@ -248,6 +248,20 @@ def test_mse_range_matches_brute_force():
     assert hi[2].item() < 20.0
 
 
+
+def test_mse_range_on_many_values_matches_brute_force_across_chunks():
+    # 300,000 values: the 100 candidate ranges are tried a few at a time, in several chunks
+    torch.manual_seed(4)
+    x = torch.relu(torch.randn(300_000)) ** 2
+    lo, hi = Q.mse_range(x, 4)
+    errs = []
+    for i in range(1, 101):
+        s, z = Q.compute_qparams(0.0, i / 100 * x.max(), 4)
+        errs.append((Q.fake_quantize(x, 4, scale=s, zero_point=z) - x).pow(2).mean())
+    best = int(torch.stack(errs).argmin()) + 1
+    assert best < 100  # the long tail is clipped
+    assert hi.item() == pytest.approx(best / 100 * x.max().item()) and lo.item() == 0.0
+
 def test_observer_minmax_keeps_extremes_and_others_average():
     obs = Q.Observer(8)
     assert not obs.ready
