@@ -22,6 +22,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanit
 
 help:
 	@echo "make book          build the website (creates .venv, runs every notebook): _build/html/index.html"
+	@echo "                  (the notebooks run one per core; JOBS=N to choose)"
 	@echo "make test          every test: unit tests, nbval over the notebooks, the book build, the browser tests"
 	@echo "make test-unit     unit and property tests only (fast)"
 	@echo "make student-pack  student-pack/: the notebooks without solutions, for a class"
@@ -52,12 +53,19 @@ chromium:
 		|| { $(APT) update -q && $(APT) install -y -q fonts-noto-color-emoji; } \
 		|| echo "note: no colour emoji font; the screenshots will show boxes for emoji"
 
+# The notebooks run first, one per core (tools/execute_book.py, JOBS=N to choose), into the
+# cache that jupyter-book reads: the build then only renders them.
+JOBS ?=
+EXECUTE_BOOK = $(PY) tools/execute_book.py $(if $(JOBS),--jobs $(JOBS))
+
 book: setup vendor
+	$(EXECUTE_BOOK)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 # re-execute every notebook and rewrite every page (the cache is ignored)
 book-all: setup vendor
+	$(EXECUTE_BOOK) --all
 	$(VENV)/bin/jupyter-book build --all . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 

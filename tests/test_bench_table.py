@@ -40,3 +40,22 @@ def test_table_has_a_header_and_aligned_rows():
     text = bt.format_table([bt.Row("x.py", "latency_ratio", "3.9"), bt.Row("book", "total execution", "120.0 s")])
     lines = text.splitlines()
     assert lines[0].startswith("| source") and len({len(ln) for ln in lines}) == 1
+
+
+def test_the_wall_time_of_a_side_by_side_run_is_listed_and_judged(tmp_path):
+    times = {"01_a.ipynb": 20.0, "04_b.ipynb": 200.0, "05_c.ipynb": 190.0}
+    record = tmp_path / "book_execution.json"
+    record.write_text('{"jobs": 2, "wall_s": 215.5, "notebooks": '
+                      '{"01_a.ipynb": 20.0, "04_b.ipynb": 200.0, "05_c.ipynb": 190.0}}')
+    rec = bt.wall_record(record, times)
+    rows = {r.figure: r for r in bt.book_rows(times, "test", rec)}
+    assert rows["total execution"].value == "410.0 s" and "OVER" not in rows["total execution"].note
+    assert rows["book wall time"].value == "215.5 s" and "2 notebooks at a time" in rows["book wall time"].note
+    assert "OVER" not in rows["book wall time"].note
+    # a record of another run (a chapter re-executed since) is not used: the sum is judged
+    assert bt.wall_record(record, {**times, "05_c.ipynb": 180.0}) is None
+    assert bt.wall_record(tmp_path / "missing.json", times) is None
+    record.write_text("{not json")
+    assert bt.wall_record(record, times) is None
+    slow = bt.book_rows(times, "test", {"jobs": 2, "wall_s": 400.0, "notebooks": {}})
+    assert "OVER 360 s" in slow[-1].note
