@@ -81,6 +81,17 @@ def test_check_never_raises_on_wrong_answers(ex, capsys):
         assert out.startswith(f"Exercise {ex}: not yet."), f"check {ex} on {kind} printed {out!r}"
 
 
+
+def test_not_a_function_names_what_was_passed_instead():
+    import torch
+
+    from kdlib.checks import not_a_function
+
+    assert not_a_function(lambda x: x, "softmax_T") is None and not_a_function(len, "len") is None
+    for wrong, kind in [(0.5, "float"), (torch.nn.Linear(2, 2), "Linear"), (torch.nn.Linear, "type"),
+                        (torch.zeros(2), "Tensor")]:
+        assert not_a_function(wrong, "softmax_T") == f"pass your function softmax_T itself (got a {kind})"
+
 def test_unknown_exercise_names_the_known_ones():
     with pytest.raises(KeyError, match="known:"):
         checks.run_check("00.0", 1)

@@ -29,6 +29,16 @@ def register(exercise_id: str):
     return wrap
 
 
+def not_a_function(fn, name: str) -> str | None:
+    """The feedback when the reader passed something other than their function `name` (a value
+    it returned, a model, a class), else None."""
+    import torch
+
+    if not callable(fn) or isinstance(fn, (type, torch.nn.Module)):
+        return f"pass your function {name} itself (got a {type(fn).__name__})"
+    return None
+
+
 def _load_all() -> None:
     for mod in pkgutil.iter_modules(__path__):
         if mod.name.startswith("ch"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from . import register
+from . import not_a_function, register
 
 # (num_params, bits, bytes)
 _BYTES_CASES = [(9122, 32, 36488), (9122, 8, 9122), (3, 4, 2), (870826, 8, 870826), (5, 1, 1), (0, 32, 0),
@@ -13,8 +13,8 @@ _BYTES_CASES = [(9122, 32, 36488), (9122, 8, 9122), (3, 4, 2), (870826, 8, 87082
 @register("01.1")
 def weight_bytes(fn) -> str | None:
     """fn(num_params, bits) -> bytes, rounded up to whole bytes."""
-    if not callable(fn):
-        return f"pass your function weight_bytes itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "weight_bytes"):
+        return problem
     for n, bits, expected in _BYTES_CASES:
         got = fn(n, bits)
         if got is None:
@@ -56,8 +56,8 @@ def widest_student(answer) -> str | None:
 @register("01.3")
 def max_fps(fn) -> str | None:
     """fn(macs, clock_hz, macs_per_cycle) -> inferences per second."""
-    if not callable(fn):
-        return f"pass your function max_fps itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "max_fps"):
+        return problem
     for macs, clock, per_cycle in [(290_080, 64e6, 1.0), (19_094_528, 216e6, 2.0), (1e6, 1e6, 0.5)]:
         got = fn(macs, clock, per_cycle)
         if got is None:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from . import register
+from . import not_a_function, register
 
 
 def _tensor_result(name: str, got, shape) -> str | None:
@@ -26,8 +26,8 @@ def _tensor_result(name: str, got, shape) -> str | None:
 @register("02.1")
 def softmax_T(fn) -> str | None:
     """fn(z (B, K), T) -> (B, K) softmax of z / T, stable for large logits."""
-    if not callable(fn):
-        return f"pass your function softmax_T itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "softmax_T"):
+        return problem
     g = torch.Generator().manual_seed(0)
     z = 4 * torch.randn(5, 7, generator=g)
     for T in (1.0, 0.5, 4.0, 20.0):
@@ -54,8 +54,8 @@ def softmax_T(fn) -> str | None:
 @register("02.2")
 def entropy(fn) -> str | None:
     """fn(p (B, K)) -> (B,) entropy in nats, 0 log 0 = 0."""
-    if not callable(fn):
-        return f"pass your function entropy itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "entropy"):
+        return problem
     K = 6
     uniform = torch.full((2, K), 1 / K)
     got = fn(uniform)
@@ -89,8 +89,8 @@ def entropy(fn) -> str | None:
 @register("02.3")
 def temperature_for(fn) -> str | None:
     """fn(z (K,), target) -> T with max softmax(z / T) == target (within 0.001)."""
-    if not callable(fn):
-        return f"pass your function temperature_for itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "temperature_for"):
+        return problem
     cases = [(torch.tensor([3.0, 1.0, 0.2]), 0.5), (torch.tensor([12.0, 2.0, 1.0, 0.0, -3.0]), 0.3),
              (torch.tensor([2.0, 1.9, -1.0]), 0.45), (torch.tensor([20.0, 0.0]), 0.99)]
     for z, target in cases:

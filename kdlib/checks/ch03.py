@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import register
+from . import not_a_function, register
 from .ch02 import _tensor_result
 
 
@@ -25,8 +25,8 @@ def _scalar(name: str, got, batch_size: int) -> str | None:
 @register("03.1")
 def kl_divergence(fn) -> str | None:
     """fn(p (B, K), q (B, K)) -> scalar batch-mean KL(p || q)."""
-    if not callable(fn):
-        return f"pass your function kl_divergence itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "kl_divergence"):
+        return problem
     p = torch.softmax(_logits(0), dim=1)
     q = torch.softmax(_logits(1), dim=1)
     p_zero = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])  # zeros in p: 0 log 0 = 0
@@ -54,8 +54,8 @@ def soft_term(fn) -> str | None:
     """fn(student_logits, teacher_logits, T) -> scalar T^2 KL(p^T || q^T), batch mean."""
     from ..losses import kd_loss
 
-    if not callable(fn):
-        return f"pass your function soft_term itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "soft_term"):
+        return problem
     z, v = _logits(2), _logits(3)
     for T in (1.0, 4.0, 10.0):
         got = fn(z.clone(), v.clone(), T)
@@ -86,8 +86,8 @@ def soft_term(fn) -> str | None:
 @register("03.3")
 def soft_term_gradient(fn) -> str | None:
     """fn(student_logits, teacher_logits, T) -> (B, K) gradient of the batch-mean T^2 KL."""
-    if not callable(fn):
-        return f"pass your function soft_term_gradient itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "soft_term_gradient"):
+        return problem
     v = _logits(7)
     for T in (1.0, 3.0, 8.0):
         z = _logits(6)

@@ -6,7 +6,7 @@ import statistics
 
 import torch
 
-from . import register
+from . import not_a_function, register
 
 
 def _number(name: str, got) -> str | None:
@@ -40,8 +40,8 @@ def ece(fn) -> str | None:
     """fn(probs (N, K), labels (N,), n_bins) -> expected calibration error (a float)."""
     from ..metrics import expected_calibration_error
 
-    if not callable(fn):
-        return f"pass your function ece itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "ece"):
+        return problem
     probs, labels = _calibration_case()
     got = fn(probs.clone(), labels.clone(), 10)
     problem = _number("ece(probs, labels, 10)", got)
@@ -74,8 +74,8 @@ def _nll(logits, labels, T):
 @register("04.2")
 def fit_temperature(fn) -> str | None:
     """fn(logits (N, K), labels (N,)) -> the temperature T > 0 that minimises the NLL on them."""
-    if not callable(fn):
-        return f"pass your function fit_temperature itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "fit_temperature"):
+        return problem
     g = torch.Generator().manual_seed(0)
     true_logits = 2 * torch.randn(2000, 5, generator=g)
     labels = torch.multinomial(torch.softmax(true_logits, 1), 1, generator=g).squeeze(1)
@@ -100,8 +100,8 @@ def fit_temperature(fn) -> str | None:
 @register("04.3")
 def mean_std(fn) -> str | None:
     """fn(values: list of floats) -> (mean, sample standard deviation)."""
-    if not callable(fn):
-        return f"pass your function mean_std itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "mean_std"):
+        return problem
     for values in ([0.97, 0.98, 0.99], [0.951, 0.962, 0.958, 0.949, 0.960], [2.0, 4.0]):
         got = fn(list(values))
         if got is None:

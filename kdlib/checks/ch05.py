@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from . import not_a_function, register
 from .ch04 import _as_float, _number
 
 
 @register("05.1")
 def gap_closed(fn) -> str | None:
     """fn(kd, alone, teacher) -> (kd - alone) / (teacher - alone)."""
-    if not callable(fn):
-        return f"pass your function gap_closed itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "gap_closed"):
+        return problem
     acc = lambda errors: 1 - errors / 10_000  # Hinton et al.'s MNIST test errors, as accuracies
     cases = [((acc(74), acc(146), acc(67)), 72 / 79), ((0.95, 0.90, 0.95), 1.0), ((0.90, 0.90, 0.95), 0.0),
              ((0.85, 0.90, 0.95), -1.0), ((0.981, 0.952, 0.987), 29 / 35)]
@@ -42,8 +42,8 @@ def _toy_model() -> nn.Module:
 @register("05.2")
 def raise_bias(fn) -> str | None:
     """fn(model, cls, delta) -> a copy of model whose last Linear layer's bias[cls] is raised by delta."""
-    if not callable(fn):
-        return f"pass your function raise_bias itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "raise_bias"):
+        return problem
     model = _toy_model().eval()
     before = copy.deepcopy(model.state_dict())
     X = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -75,8 +75,8 @@ def raise_bias(fn) -> str | None:
 @register("05.3")
 def masked_cross_entropy(fn) -> str | None:
     """fn(student_logits (B, K), labels (B,) with -1 = no label) -> mean CE over the labelled examples."""
-    if not callable(fn):
-        return f"pass your function masked_cross_entropy itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "masked_cross_entropy"):
+        return problem
     g = torch.Generator().manual_seed(0)
     z = torch.randn(8, 5, generator=g)
     y = torch.tensor([2, -1, 0, -1, -1, 4, 1, -1])

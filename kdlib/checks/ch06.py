@@ -3,18 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from . import not_a_function, register
 from .ch02 import _tensor_result
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _callable(fn, name: str) -> str | None:
-    if not callable(fn) or isinstance(fn, torch.nn.Module):
-        return f"pass your function {name} itself (got a {type(fn).__name__})"
-    return None
 
 
 @register("06.1")
@@ -23,7 +17,7 @@ def layer_output(fn) -> str | None:
     that is removed afterwards."""
     from ..models import StudentCNN
 
-    problem = _callable(fn, "layer_output")
+    problem = not_a_function(fn, "layer_output")
     if problem:
         return problem
     torch.manual_seed(0)
@@ -50,7 +44,7 @@ def attention_map(fn) -> str | None:
     """fn(feat (B, C, H, W)) -> (B, H*W) map mean_c |A|^2, each row of unit L2 norm."""
     from ..features import attention_map as reference
 
-    problem = _callable(fn, "attention_map")
+    problem = not_a_function(fn, "attention_map")
     if problem:
         return problem
     feat = torch.randn(2, 5, 4, 3, generator=_gen(2))
@@ -79,7 +73,7 @@ def attention_map(fn) -> str | None:
 @register("06.3")
 def distance_potentials(fn) -> str | None:
     """fn(e (B, D)) -> (B*(B-1)/2,) ||e_i - e_j|| / mean distance, pairs i < j row by row."""
-    problem = _callable(fn, "distance_potentials")
+    problem = not_a_function(fn, "distance_potentials")
     if problem:
         return problem
     e = torch.randn(6, 4, generator=_gen(3), dtype=torch.float64)
@@ -111,7 +105,7 @@ def dkd_parts(fn) -> str | None:
     """fn(student_logits, teacher_logits, labels, T) -> (tckd (B,), nckd (B,)), each with the T^2 factor."""
     from ..features import dkd_terms
 
-    problem = _callable(fn, "dkd_parts")
+    problem = not_a_function(fn, "dkd_parts")
     if problem:
         return problem
     g = _gen(4)

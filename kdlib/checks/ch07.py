@@ -7,13 +7,7 @@ import numbers
 import torch
 from torch import nn
 
-from . import register
-
-
-def _callable(fn, name: str) -> str | None:
-    if not callable(fn):
-        return f"pass your function {name} itself (got a {type(fn).__name__})"
-    return None
+from . import not_a_function, register
 
 
 def _models() -> list[tuple[str, nn.Module]]:
@@ -39,7 +33,7 @@ def sparsity_of(fn) -> str | None:
     """fn(model) -> fraction of zeros among all Conv2d and Linear weights."""
     from ..prune import sparsity
 
-    problem = _callable(fn, "sparsity_of")
+    problem = not_a_function(fn, "sparsity_of")
     if problem:
         return problem
     for what, model in _models():
@@ -65,7 +59,7 @@ def conv_macs(fn) -> str | None:
     """fn(c_in, c_out, kernel, h_out, w_out) -> MACs of a groups=1 conv on one image."""
     from ..bench import count_macs
 
-    problem = _callable(fn, "conv_macs")
+    problem = not_a_function(fn, "conv_macs")
     if problem:
         return problem
     for c_in, c_out, k, size in ((1, 8, 3, 28), (8, 16, 3, 14), (4, 8, 3, 14), (3, 5, 1, 7), (6, 2, 5, 9)):
@@ -91,7 +85,7 @@ def conv_macs(fn) -> str | None:
 @register("07.3")
 def keep_channels(fn) -> str | None:
     """fn(conv, n_keep) -> sorted indices of the n_keep filters with the largest L1 norm."""
-    problem = _callable(fn, "keep_channels")
+    problem = not_a_function(fn, "keep_channels")
     if problem:
         return problem
     g = torch.Generator().manual_seed(7)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from . import not_a_function, register
 
 
 def _cases() -> list[torch.Tensor]:
@@ -27,8 +27,8 @@ def quantize_symmetric(fn) -> str | None:
     """fn(x, num_bits) -> (q, scale): the symmetric per-tensor grid, zero point 0."""
     from ..quant import quantize
 
-    if not callable(fn):
-        return f"pass your function quantize_symmetric itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "quantize_symmetric"):
+        return problem
     for x in _cases():
         for bits in (8, 4, 2):
             out = fn(x.clone(), bits)
@@ -58,8 +58,8 @@ def fake_quant_ste(fn) -> str | None:
     """fn(x, scale, qmin, qmax) -> fake-quantized x with the straight-through gradient."""
     from ..quant import fake_quantize
 
-    if not callable(fn):
-        return f"pass your function fake_quant_ste itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "fake_quant_ste"):
+        return problem
     x = torch.linspace(-2.0, 2.0, 41, requires_grad=True)
     y = fn(x, 0.25, -3, 3)
     problem = _is_tensor("the output", y, x.shape)
@@ -84,8 +84,8 @@ def per_channel_scales(fn) -> str | None:
     """fn(w, num_bits) -> (C_out,) symmetric scales, one per output channel (axis 0)."""
     from ..quant import compute_qparams, minmax_range
 
-    if not callable(fn):
-        return f"pass your function per_channel_scales itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "per_channel_scales"):
+        return problem
     g = torch.Generator().manual_seed(3)
     for w in (torch.randn(4, 2, 3, 3, generator=g) * torch.tensor([0.1, 1.0, 3.0, 0.5]).view(4, 1, 1, 1),
               torch.randn(10, 7, generator=g)):
@@ -108,8 +108,8 @@ def mse_clip(fn) -> str | None:
     symmetric grid [-c, c] gives the smallest mean squared error."""
     from ..quant import compute_qparams, fake_quantize
 
-    if not callable(fn):
-        return f"pass your function mse_clip itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "mse_clip"):
+        return problem
     g = torch.Generator().manual_seed(4)
     x = torch.cat([torch.randn(500, generator=g), torch.tensor([9.0])])
     candidates = [1.0, 2.0, 3.0, 4.5, 6.0, 9.0]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import register
+from . import not_a_function, register
 
 
 def _instance(answer, name: str):
@@ -103,8 +103,8 @@ def arena_bytes(fn) -> str | None:
     """fn(model, example_input, bytes_per_value=4) -> largest input + output bytes of one layer."""
     from ..models import StudentCNN, TeacherCNN
 
-    if not callable(fn):
-        return f"pass your function arena_bytes itself, got a {type(fn).__name__}"
+    if problem := not_a_function(fn, "arena_bytes"):
+        return problem
     torch.manual_seed(0)
     cases = [("a StudentCNN on one 1x8x8 image", StudentCNN((1, 8, 8), width=4).eval(), torch.zeros(1, 1, 8, 8), 4),
              ("the same in int8 (1 byte per value)", StudentCNN((1, 8, 8), width=4).eval(),

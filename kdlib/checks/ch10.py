@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from . import register
+from . import not_a_function, register
 
 _ROWS = [
     {"stage": "teacher", "bytes": 3_493_327, "accuracy": 0.987, "median_us": 2300.0},
@@ -26,8 +26,8 @@ def _reference_front(points):
 @register("10.1")
 def ratios(fn) -> str | None:
     """fn(teacher_row, edge_row) -> (size_ratio, latency_ratio)."""
-    if not callable(fn):
-        return f"pass your function itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "ratios"):
+        return problem
     got = fn(_ROWS[0], _ROWS[4])
     if got is None:
         return "your function returned None: did you forget `return`?"
@@ -46,8 +46,8 @@ def ratios(fn) -> str | None:
 @register("10.2")
 def pareto(fn) -> str | None:
     """fn(points) -> sorted indices of the points on the Pareto front (smaller x, larger y)."""
-    if not callable(fn):
-        return f"pass your function itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "my_pareto_front"):
+        return problem
     rng = random.Random(0)
     cases = [[(1, 0.9), (10, 0.95), (100, 0.99), (50, 0.94)], [(5, 0.5)], [(1, 0.5), (1, 0.5)]]
     cases += [[(rng.randint(1, 20), rng.randint(0, 10) / 10) for _ in range(8)] for _ in range(20)]
@@ -66,8 +66,8 @@ def pareto(fn) -> str | None:
 @register("10.3")
 def choose(fn) -> str | None:
     """fn(rows, max_drop_points) -> the stage name of the smallest file within max_drop_points of the teacher."""
-    if not callable(fn):
-        return f"pass your function itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "choose"):
+        return problem
     for drop, expected in ((1.5, "onnx int8"), (1.0, "pruned"), (0.5, "teacher"), (5.0, "tiny"), (0.0, "teacher")):
         got = fn(_ROWS, drop)
         if got is None:

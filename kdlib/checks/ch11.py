@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from . import register
+from . import not_a_function, register
 
 
 def _bool_result(name: str, got) -> str | None:
@@ -22,8 +22,8 @@ def _bool_result(name: str, got) -> str | None:
 @register("11.1")
 def looks_like_probs(fn) -> str | None:
     """fn(x (B, K)) -> True when every row is in [0, 1] and sums to 1 (within 1e-4)."""
-    if not callable(fn):
-        return f"pass your function looks_like_probs itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "looks_like_probs"):
+        return problem
     g = torch.Generator().manual_seed(0)
     z = 3 * torch.randn(6, 10, generator=g)
     cases = [
@@ -59,8 +59,8 @@ def _has_dropout_and_bn() -> nn.Module:
 @register("11.2")
 def freeze_teacher(fn) -> str | None:
     """fn(teacher) -> the same teacher, in eval mode, with no parameter requiring grad."""
-    if not callable(fn):
-        return f"pass your function freeze_teacher itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "freeze_teacher"):
+        return problem
     teacher = _has_dropout_and_bn()
     before = copy.deepcopy(teacher.state_dict())
     got = fn(teacher)
@@ -92,8 +92,8 @@ def _features() -> nn.Sequential:
 @register("11.3")
 def head_for(fn) -> str | None:
     """fn(features, input_shape, num_classes) -> nn.Linear sized for features' output at input_shape."""
-    if not callable(fn):
-        return f"pass your function head_for itself (got a {type(fn).__name__})"
+    if problem := not_a_function(fn, "head_for"):
+        return problem
     features = _features()
     for shape, K in [((1, 28, 28), 10), ((1, 32, 32), 10), ((1, 24, 24), 5), ((1, 64, 48), 3)]:
         got = fn(features, shape, K)
