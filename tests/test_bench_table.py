@@ -50,6 +50,7 @@ def test_the_wall_time_of_a_side_by_side_run_is_listed_and_judged(tmp_path):
     rec = bt.wall_record(record, times)
     rows = {r.figure: r for r in bt.book_rows(times, "test", rec)}
     assert rows["total execution"].value == "410.0 s" and "OVER" not in rows["total execution"].note
+    assert "their sum (they ran 2 at a time)" in rows["total execution"].note
     assert rows["book wall time"].value == "215.5 s" and "2 notebooks at a time" in rows["book wall time"].note
     assert "OVER" not in rows["book wall time"].note
     # a record of another run (a chapter re-executed since) is not used: the sum is judged

@@ -147,7 +147,7 @@ def book_rows(times: dict[str, float | None], how: str, record: dict | None = No
         total = sum(done)
         note = f"{len(done)}/{len(times)} chapters, {how}"
         if record is not None:
-            note += "; one after another"
+            note += f"; their sum (they ran {record['jobs']} at a time)"
         elif total > BOOK_LIMIT_S:
             note += f"; OVER {BOOK_LIMIT_S:.0f} s"
         rows.append(Row("book", "total execution", f"{total:.1f} s", note))
