@@ -124,6 +124,14 @@ def test_a_failing_notebook_is_reported_and_not_cached(tmp_path):
     assert not (tmp_path / eb.RECORD_NAME).exists()  # no record of an incomplete run
 
 
+def test_notebooks_excluded_in_the_config_are_not_run(book):
+    folder, nbs = book
+    out = io.StringIO()
+    settings = {**SETTINGS, "exclude": ["*/c.ipynb"]}
+    assert eb.run(nbs[2:], folder / "cache", jobs=1, redo=False, settings=settings, out=out) == 0
+    assert runs(folder) == [] and "excluded from execution in _config.yml: c.ipynb" in out.getvalue()
+
+
 def test_longest_notebooks_start_first():
     paths = [Path(f"/b/{i:02d}.ipynb") for i in range(1, 6)]
     known = {"/b/01.ipynb": 10.0, "/b/02.ipynb": 50.0, "/b/04.ipynb": 30.0}
@@ -134,7 +142,9 @@ def test_longest_notebooks_start_first():
 def test_the_book_notebooks_come_from_the_table_of_contents():
     nbs = eb.book_notebooks()
     assert [p.name[:2] for p in nbs] == [f"{i:02d}" for i in range(1, len(nbs) + 1)] and len(nbs) >= 11
-    assert eb.book_settings()["timeout"] >= 60 and eb.book_settings()["allow_errors"] is False
+    settings = eb.book_settings()
+    assert settings["mode"] == "cache", "make book runs the notebooks into the cache: keep execute_notebooks: cache"
+    assert settings["timeout"] >= 60 and settings["allow_errors"] is False
 
 
 def test_bad_arguments_are_refused(tmp_path, capsys):

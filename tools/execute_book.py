@@ -28,7 +28,7 @@ import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "_build" / ".jupyter_cache"
@@ -69,11 +69,25 @@ def book_notebooks(toc: Path = ROOT / "_toc.yml") -> list[Path]:
 
 
 def book_settings(config: Path = ROOT / "_config.yml") -> dict:
-    """The cell timeout and allow_errors of the book's `execute:` section (Jupyter Book's defaults)."""
+    """The book's `execute:` section: mode, cell timeout, allow_errors and the notebooks excluded
+    from execution (Jupyter Book's defaults where it says nothing)."""
     import yaml
 
     execute = (yaml.safe_load(config.read_text()) or {}).get("execute") or {}
-    return {"timeout": int(execute.get("timeout", 30)), "allow_errors": bool(execute.get("allow_errors", False))}
+    return {"mode": str(execute.get("execute_notebooks", "auto")),
+            "timeout": int(execute.get("timeout", 30)),
+            "allow_errors": bool(execute.get("allow_errors", False)),
+            "exclude": list(execute.get("exclude_patterns") or [])}
+
+
+def excluded(path: Path, patterns: list[str]) -> bool:
+    """Whether the book build leaves this notebook unexecuted (myst-nb's test on the path).
+
+    >>> excluded(Path("/book/notebooks/99_slow.ipynb"), ["*99_*"]), excluded(Path("/b/01.ipynb"), ["*99_*"])
+    (True, False)
+    """
+    posix = PurePosixPath(path.as_posix())
+    return any(posix.match(pattern) for pattern in patterns)
 
 
 def default_jobs() -> int:
@@ -163,6 +177,10 @@ def run(notebooks: list[Path], cache_dir: Path, jobs: int, redo: bool, settings:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     cache = get_cache(str(cache_dir))
     notebooks = [p.resolve() for p in notebooks]
+    skipped = [p for p in notebooks if excluded(p, settings.get("exclude", []))]
+    for p in skipped:
+        print(f"  excluded from execution in _config.yml: {p.name}", file=out)
+    notebooks = [p for p in notebooks if p not in skipped]
     todo = notebooks if redo else [p for p in notebooks if not is_cached(cache, p)]
     for p in notebooks:
         if p not in todo:
@@ -242,8 +260,12 @@ def main(argv=None) -> int:
     notebooks = args.notebooks or book_notebooks()
     if not notebooks:
         p.error("no notebooks found in _toc.yml")
-    return run(notebooks, args.cache, args.jobs, args.all, book_settings(),
-               complete_book=not args.notebooks)
+    settings = book_settings()
+    if settings["mode"] != "cache":
+        print(f"_config.yml has execute_notebooks: {settings['mode']}, not cache: the book build "
+              "executes (or skips) the notebooks itself, so nothing is run here")
+        return 0
+    return run(notebooks, args.cache, args.jobs, args.all, settings, complete_book=not args.notebooks)
 
 
 if __name__ == "__main__":
