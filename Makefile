@@ -15,6 +15,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # pip on these machines warns about every missing local index folder; keep the log readable
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
+# notebooks run side by side in `book` and `test-notebooks`: JOBS=N sets how many (default: one per
+# core, at most 4)
+JOBS ?=
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help setup vendor chromium book book-all test test-unit test-notebooks test-site \
@@ -55,7 +58,6 @@ chromium:
 
 # The notebooks run first, one per core (tools/execute_book.py, JOBS=N to choose), into the
 # cache that jupyter-book reads: the build then only renders them.
-JOBS ?=
 EXECUTE_BOOK = $(PY) tools/execute_book.py $(if $(JOBS),--jobs $(JOBS))
 
 book: setup vendor
@@ -72,8 +74,10 @@ book-all: setup vendor
 test-unit: setup
 	$(PY) -m pytest tests -q -m "not site"
 
+# nbval runs the notebooks side by side too: one worker per core (at most 4, or JOBS), each taking
+# whole notebooks (--dist loadfile: a notebook's cells share one kernel, in order)
 test-notebooks: setup
-	$(PY) -m pytest -q $(NBVAL) notebooks
+	$(PY) -m pytest -q $(NBVAL) $(if $(JOBS),-n $(JOBS),-n auto --maxprocesses 4) --dist loadfile notebooks
 
 # the browser tests read the site that `book` has just built
 test-site: setup chromium

@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -160,13 +159,11 @@ def longest_first(paths: list[Path], known: dict[str, float]) -> list[Path]:
 
 
 def write_record(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    """Write the record as JSON, atomically (a reader never sees half a file)."""
+    from kdlib.utils import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def run(notebooks: list[Path], cache_dir: Path, jobs: int, redo: bool, settings: dict,
