@@ -124,6 +124,14 @@ def test_a_failing_notebook_is_reported_and_not_cached(tmp_path):
     assert not (tmp_path / eb.RECORD_NAME).exists()  # no record of an incomplete run
 
 
+def test_a_file_that_is_not_a_notebook_is_reported_not_raised(tmp_path):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ this is not JSON")
+    out = io.StringIO()
+    assert eb.run([broken], tmp_path / "cache", jobs=1, redo=False, settings=SETTINGS, out=out) == 1
+    assert "broken.ipynb failed" in out.getvalue() and "1 notebook(s) failed: broken.ipynb" in out.getvalue()
+
+
 def test_notebooks_excluded_in_the_config_are_not_run(book):
     folder, nbs = book
     out = io.StringIO()

@@ -99,14 +99,23 @@ def default_jobs() -> int:
 
 
 def _execute(path: str, timeout: int, allow_errors: bool) -> Outcome:
-    """Run one notebook in its own folder (a worker process); never raises for a failing cell."""
+    """Run one notebook in its own folder (a worker process). Never raises: a failing cell, a
+    kernel that dies or will not start, or Ctrl-C come back as the outcome's error."""
+    import traceback
+
     import nbformat
     from jupyter_cache.executors.utils import single_nb_execution
 
-    nb = nbformat.read(path, as_version=4)
-    # the same call, with the same arguments, as myst-nb's cache mode
-    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout,
-                                 allow_errors=allow_errors, meta_override=True)
+    t0 = time.perf_counter()
+    try:
+        nb = nbformat.read(path, as_version=4)
+        # the same call, with the same arguments, as myst-nb's cache mode
+        result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout,
+                                     allow_errors=allow_errors, meta_override=True)
+    except KeyboardInterrupt:
+        return Outcome(Path(path), time.perf_counter() - t0, None, "interrupted (Ctrl-C)")
+    except Exception:  # the kernel died, could not start, or the file is not a notebook
+        return Outcome(Path(path), time.perf_counter() - t0, None, traceback.format_exc())
     if result.err is not None:
         return Outcome(Path(path), result.time, None, result.exc_string or repr(result.err))
     return Outcome(Path(path), result.time, nbformat.writes(result.nb), None)
@@ -201,23 +210,29 @@ def run(notebooks: list[Path], cache_dir: Path, jobs: int, redo: bool, settings:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         queue = list(todo)
         running = set()
-        while queue or running:
-            while queue and len(running) < jobs:
-                running.add(pool.submit(_execute, str(queue.pop(0)), settings["timeout"],
-                                        settings["allow_errors"]))
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                outcome = fut.result()
-                if outcome.error is None:
-                    _store(cache, outcome)
-                    times[outcome.path.name] = round(outcome.seconds, 2)
-                    status = "ok"
-                else:
-                    failed.append(outcome)
-                    status = "FAILED"
-                finished = len(times) + len(failed)
-                print(f"  [{finished:>2}/{len(todo)}] {outcome.path.name}: {outcome.seconds:6.1f} s  {status}",
-                      file=out, flush=True)
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    running.add(pool.submit(_execute, str(queue.pop(0)), settings["timeout"],
+                                            settings["allow_errors"]))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    outcome = fut.result()
+                    if outcome.error is None:
+                        _store(cache, outcome)
+                        times[outcome.path.name] = round(outcome.seconds, 2)
+                        status = "ok"
+                    else:
+                        failed.append(outcome)
+                        status = "FAILED"
+                    finished = len(times) + len(failed)
+                    print(f"  [{finished:>2}/{len(todo)}] {outcome.path.name}: {outcome.seconds:6.1f} s  {status}",
+                          file=out, flush=True)
+        except KeyboardInterrupt:  # the workers were interrupted too; what finished is cached
+            pool.shutdown(wait=True, cancel_futures=True)
+            print(f"\ninterrupted: {len(times)} of {len(todo)} notebook(s) finished and are cached; "
+                  "the next run executes the rest", file=out)
+            return 130
     wall = time.perf_counter() - t0
 
     print(f"wall time {wall:.1f} s for {len(todo)} notebook(s), {jobs} at a time; "
