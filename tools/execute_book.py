@@ -137,8 +137,8 @@ def is_cached(cache, path: Path) -> bool:
     """Whether the cache holds this notebook's current code (what the book build would reuse)."""
     try:
         cache.match_cache_file(str(path))
-    except KeyError:
-        return False
+    except Exception:  # KeyError: not in the cache; anything else: not a readable notebook,
+        return False   # which the run then reports
     return True
 
 
