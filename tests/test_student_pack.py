@@ -181,3 +181,37 @@ def test_chapter_student_version(pack, path):
     assert all(not c.outputs and c.execution_count is None for c in student.cells if c.cell_type == "code")
     n_ex = sum(bool(re.search(r"\{exercise\}", c.source)) for c in original.cells)
     assert sum(bool(re.search(r"\{exercise\}", c.source)) for c in student.cells) == n_ex
+
+
+def _rendezvous_submission(path: Path, me: str, other: str, answer: int) -> Path:
+    """A submission whose first cell waits for `other` to have started: graded one at a time,
+    the first never sees the second start (it fails its check after 60 s)."""
+    nb = new_notebook(cells=[
+        new_code_cell("import pathlib, time\n"
+                      f"pathlib.Path('{me}.started').touch()\n"
+                      f"met = any(pathlib.Path('{other}.started').exists() or time.sleep(0.1) for _ in range(600))"),
+        new_code_cell("from kdlib.checks import register, check\n"
+                      "@register('97.1')\ndef _c(a):\n    return None if a == 2 else f'expected 2, got {a!r}'"),
+        _tagged(f"check('97.1', {answer} if met else 'alone')", "skip-execution", "nbval-skip"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_grade_runs_submissions_side_by_side_and_reports_them_in_order(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = _rendezvous_submission(tmp_path / "alice.ipynb", "alice", "bob", 2)
+    b = _rendezvous_submission(tmp_path / "bob.ipynb", "bob", "alice", 3)
+    assert sp._main_grade([str(a), str(b), "--jobs", "2", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("alice.ipynb: 1/1 correct") < out.index("bob.ipynb: 0/1 correct")
+    assert "97.1: not yet: expected 2, got 3" in out and "total: 1/2 correct" in out
+
+
+def test_grade_refuses_bad_arguments(tmp_path, capsys):
+    assert sp._main_grade([str(tmp_path / "nobody.ipynb")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        sp._main_grade([str(tmp_path / "x.ipynb"), "--jobs", "0"])
+    assert err.value.code == 2 and "--jobs must be 1 or more" in capsys.readouterr().err

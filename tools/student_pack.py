@@ -313,17 +313,47 @@ def grade(path: Path, *, timeout: int = 300) -> dict[str, str]:
     return results
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _graded(notebooks: list[Path], timeout: int, jobs: int):
+    """(path, results) for each notebook, in the given order; `jobs` notebooks run at a time,
+    each in its own process (the chapters train on one thread, so one per core)."""
+    if jobs == 1 or len(notebooks) == 1:
+        yield from ((path, grade(path, timeout=timeout)) for path in notebooks)
+        return
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if __name__ != "__main__" and str(Path(__file__).parent) not in sys.path:
+        sys.path.append(str(Path(__file__).parent))  # imported as a module: the workers import it too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per kernel, as the chapters use
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(notebooks)), mp_context=ctx) as pool:
+        yield from zip(notebooks, pool.map(functools.partial(grade, timeout=timeout), notebooks))
+
+
 def _main_grade(argv) -> int:
     p = argparse.ArgumentParser(prog="grade", description="Run notebooks and score their exercises.")
     p.add_argument("notebooks", nargs="+", type=Path)
     p.add_argument("--timeout", type=int, default=300, help="seconds per cell (default 300)")
+    p.add_argument("--jobs", "-j", type=int, default=min(_cores(), 4),
+                   help="notebooks graded at a time, each in its own kernel (default: the number of "
+                        f"cores, at most 4; here {min(_cores(), 4)})")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be 1 or more, got {args.jobs}")
+    missing = [str(path) for path in args.notebooks if not path.is_file()]
+    if missing:
+        print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     total = right = 0
-    for path in args.notebooks:
-        if not path.exists():
-            print(f"error: {path} not found", file=sys.stderr)
-            return 2
-        results = grade(path, timeout=args.timeout)
+    for path, results in _graded(args.notebooks, args.timeout, args.jobs):
         n_ok = sum(r == "correct" for r in results.values())
         print(f"{path}: {n_ok}/{len(results)} correct")
         for ex, r in results.items():
