@@ -341,7 +341,17 @@ def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rota
     """
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
         raise ValueError(f"copies must be a positive int, got {copies!r}")
+    _check_seed(seed)
+    if not callable(augment):
+        raise TypeError("augment must be a function (B, C, H, W) -> (B, C, H, W) that accepts generator=, "
+                        f"e.g. kdlib.data.random_shift_rotate; got {type(augment).__name__}")
     X, y = as_tensors(dataset)
     g = torch.Generator().manual_seed(seed)
-    versions = [X] + [augment(X, generator=g) for _ in range(copies - 1)]
+    versions = [X]
+    for _ in range(copies - 1):
+        out = augment(X, generator=g)
+        if not isinstance(out, torch.Tensor) or out.shape != X.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"augment must return a tensor shaped like its input {tuple(X.shape)}, got {got}")
+        versions.append(out)
     return TensorDataset(torch.cat(versions), y.repeat(copies))

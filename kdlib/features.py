@@ -12,8 +12,10 @@ Introduced in: notebooks/06_beyond_logits.ipynb
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import weakref
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from .data import as_tensors
-from .guards import preflight, probe_batch, warn_if_train_mode
-from .losses import check_logits, check_temperature
+from .guards import preflight, probe_batch, run_model, warn_if_train_mode
+from .losses import _check_scale, check_logits, check_temperature
 from .train import (History, _check_common, _check_loader, _fit, _reseed, _TensorsWithLogits, _WithLogits,
                     kd_loss_partial, train)
 from .utils import get_device
@@ -30,12 +32,19 @@ from .utils import get_device
 # ----------------------------------------------------------------------------- hooks
 
 
+def _as_list(value, name: str, example: str) -> list:
+    """`value` (a list, tuple or other iterable) as a list; a clear TypeError for anything else."""
+    if isinstance(value, (str, bytes, dict, torch.Tensor)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list, e.g. {example}; got {type(value).__name__} {value!r:.60}")
+    return list(value)
+
+
 def _check_names(model: nn.Module, names) -> list[str]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(names, str):
         names = [names]
-    names = list(names)
+    names = _as_list(names, "names", "['3', '7'] (the layers' names in model.named_modules())")
     if not names:
         raise ValueError("names is empty: pass the names of the layers to read, e.g. ['3', '7'] "
                          "(see [n for n, _ in model.named_modules()])")
@@ -230,6 +239,8 @@ class FitNetsHint(nn.Module):
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
         super().__init__()
+        student_channels = _as_list(student_channels, "student_channels", "[16, 32]: one count per layer pair")
+        teacher_channels = _as_list(teacher_channels, "teacher_channels", "[32, 64]: one count per layer pair")
         if len(student_channels) != len(teacher_channels) or len(student_channels) == 0:
             raise ValueError(f"need one teacher channel count per student channel count, got "
                              f"{list(student_channels)} and {list(teacher_channels)}")
@@ -272,9 +283,20 @@ def attention_map(feat: torch.Tensor, p: float = 2.0, size: tuple[int, int] | No
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
     _check_feature("feat", feat, ndim=4)
+    if 0 in feat.shape:
+        raise ValueError(f"feat has an empty dimension, shape {tuple(feat.shape)}; an attention map needs "
+                         "at least one channel and one position")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
         raise ValueError(f"p must be a positive number (the paper uses 2), got {p!r}")
+    if size is not None:
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ValueError(f"size must be None or (height, width), two positive ints; got {size!r}")
     q = feat.abs().pow(p).mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    if not torch.isfinite(q).all():
+        raise ValueError(f"|feat|^p overflows {feat.dtype} (the largest |feat| is "
+                         f"{feat.detach().abs().max().item():.3g}, p = {p:g}): use a smaller p (the paper "
+                         "uses 2), or features of a smaller scale")
     if size is not None and tuple(size) != tuple(q.shape[-2:]):
         q = F.interpolate(q, size=tuple(size), mode="bilinear", align_corners=False)
     return F.normalize(q.flatten(1), p=2, dim=1)
@@ -322,6 +344,23 @@ def _embeddings(name: str, e: torch.Tensor) -> torch.Tensor:
     return e.flatten(1)
 
 
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+        raise ValueError(f"eps must be a small positive number (the default is 1e-12), got {eps!r}")
+    return float(eps)
+
+
+def _gram(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centred rows of `e` and their Gram matrix, with a clear error if it overflows."""
+    e = e - e.mean(dim=0, keepdim=True)  # distances ignore shifts; centring keeps the Gram form accurate
+    G = e @ e.T
+    if not torch.isfinite(G).all():
+        raise ValueError(f"the embeddings are too large for {e.dtype}: |e| reaches "
+                         f"{e.detach().abs().max().item():.3g}, so their squared distances overflow; "
+                         "normalise the embeddings (or use float64)")
+    return e, G
+
+
 def _distances(e: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairwise distances (B, B) of the rows of `e` (B, D), with a zero diagonal, and
     a (B, B) mask of the pairs that are distinct points (i != j and distance > eps).
@@ -329,8 +368,7 @@ def _distances(e: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch
     Computed from the Gram matrix of the centred rows, ||e_i - e_j||^2 =
     G_ii + G_jj - 2 G_ij, so it costs O(B^2 D); a pair at distance 0 gets a
     zero (not an infinite) gradient."""
-    e = e - e.mean(dim=0, keepdim=True)  # distances ignore shifts; centring keeps the Gram form accurate
-    G = e @ e.T
+    e, G = _gram(e)
     sq = G.diagonal()
     d2 = (sq.unsqueeze(0) + sq.unsqueeze(1) - 2 * G).clamp_min(0)
     eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
@@ -356,6 +394,7 @@ def distance_potentials(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
     e = _embeddings("e", e)
+    eps = _check_eps(eps)
     D, _ = _distances(e, eps)
     upper = torch.ones_like(D, dtype=torch.bool).triu(1)
     d = D[upper]
@@ -366,8 +405,7 @@ def _angle_cube(e: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torc
     """cos[j, i, k] of the angle at e_j between e_i and e_k, (B, B, B), and the mask
     of the triplets where it is defined (i, j, k distinct and e_i, e_k != e_j)."""
     B = e.shape[0]
-    e = e - e.mean(dim=0, keepdim=True)
-    G = e @ e.T                                                                           # (B, B)
+    e, G = _gram(e)                                                                       # (B, B)
     dots = G.unsqueeze(0) - G.unsqueeze(2) - G.unsqueeze(1) + G.diagonal().view(B, 1, 1)  # dots[j, i, k]
     D, ok = _distances(e, eps)
     inv = torch.where(ok, 1 / torch.where(ok, D, torch.ones_like(D)), torch.zeros_like(D))  # 0 where undefined
@@ -399,6 +437,7 @@ def angle_potentials(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
     e = _embeddings("e", e)
+    eps = _check_eps(eps)
     B = e.shape[0]
     if B < 3:
         raise ValueError(f"angles need triplets: the batch has {B} examples, use at least 3")
@@ -534,6 +573,11 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
         raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape (batch, num_classes)")
     T = check_temperature(T)
+    if T * T > torch.finfo(student_logits.dtype).max:
+        raise ValueError(f"T={T:g} is so large that T^2 overflows {student_logits.dtype}; "
+                         "the book uses T between 1 and 20")
+    _check_scale("student_logits", student_logits, T)
+    _check_scale("teacher_logits", teacher_logits, T)
     labels = _check_labels(labels, *student_logits.shape)
     log_bs, log_rs = _binary_and_rest(student_logits, labels, T)
     with torch.no_grad():
@@ -563,8 +607,8 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
     for k, v in (("alpha", alpha), ("beta", beta)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ValueError(f"{k} must be a number >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
     tckd, nckd, _ = dkd_terms(student_logits, teacher_logits, labels, T)
     return (alpha * tckd + beta * nckd).mean()
 
@@ -607,6 +651,24 @@ class TeacherOutputs(TensorDataset):
     """
 
     def __init__(self, X, y, teacher_logits, features, layers, teacher: nn.Module):
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        features = _as_list(features, "features", "[feats_of_layer_3]: one tensor per cached layer")
+        layers = _as_list(layers, "layers", "['3']: one name per cached feature tensor")
+        if len(features) != len(layers) or not all(isinstance(n, str) for n in layers):
+            raise ValueError(f"need one layer name (a string) per feature tensor, got {len(layers)} names "
+                             f"for {len(features)} tensors")
+        tensors = {"X": X, "y": y, "teacher_logits": teacher_logits,
+                   **{f"features[{i}]": f for i, f in enumerate(features)}}
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor) or t.ndim == 0:
+                got = "a 0-d tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"{name} must be a tensor with one row per example, got {got}")
+        if teacher_logits.ndim != 2:
+            raise ValueError(f"teacher_logits must be (N, num_classes), got shape {tuple(teacher_logits.shape)}")
+        sizes = {name: t.shape[0] for name, t in tensors.items()}
+        if len(set(sizes.values())) != 1 or X.shape[0] == 0:
+            raise ValueError(f"every tensor needs the same number of rows (examples), at least one; got {sizes}")
         super().__init__(X, y, teacher_logits, *features)
         self.layers = tuple(layers)
         self._teacher = weakref.ref(teacher)
@@ -652,7 +714,7 @@ def cache_teacher_outputs(teacher: nn.Module, train_loader: DataLoader, layers: 
     if isinstance(train_loader.dataset, TeacherOutputs):
         raise ValueError("train_loader already holds cached teacher outputs; pass the original (X, y) loader")
     device = get_device(device)
-    layers = list(layers)
+    layers = _as_list(layers, "layers", "['3', '7'] (names in teacher.named_modules())")
     if layers:
         _check_names(teacher, layers)
     X, y = as_tensors(train_loader.dataset)
@@ -661,7 +723,7 @@ def cache_teacher_outputs(teacher: nn.Module, train_loader: DataLoader, layers: 
     hooks = capture(teacher, layers, detach=True) if layers else contextlib.nullcontext({})
     with hooks as feats:
         for start in range(0, len(X), 256):
-            logits = teacher(X[start:start + 256].to(device))
+            logits = run_model(teacher, X[start:start + 256].to(device), "teacher")
             for lst, t in zip(outs, [logits, *_collect(feats, layers)]):
                 lst.append(t.float().cpu())
     outs = [torch.cat(o) for o in outs]
@@ -731,7 +793,8 @@ def distill_features(student: nn.Module, teacher: nn.Module, train_loader: DataL
     if teacher is student:
         raise ValueError("teacher and student are the same object; distil from a separate, trained teacher")
     _check_loader(train_loader)
-    s_layers, t_layers = list(student_layers), list(teacher_layers)
+    s_layers = _as_list(student_layers, "student_layers", "['3'] (names in student.named_modules())")
+    t_layers = _as_list(teacher_layers, "teacher_layers", "['7'] (names in teacher.named_modules())")
     if len(s_layers) != len(t_layers):
         raise ValueError(f"student_layers {s_layers} and teacher_layers {t_layers} must pair up one to one")
     if feature_loss is not None and not callable(feature_loss):
@@ -841,7 +904,9 @@ def teacher_assistant_chain(teacher: nn.Module, assistants: Sequence[nn.Module],
     Introduced in: notebooks/06_beyond_logits.ipynb
     """
     plain = _xy_loader(train_loader)
-    assistants = list(assistants)
+    if isinstance(assistants, nn.Module) and not isinstance(assistants, nn.ModuleList):
+        raise TypeError("assistants must be a list of models; put a single assistant in a list: [assistant]")
+    assistants = _as_list(assistants, "assistants", "[assistant]: intermediate models, largest first")
     if not assistants:
         raise ValueError("assistants is empty: pass at least one intermediate model (or call distill directly)")
     chain = [teacher, *assistants, student]
@@ -881,6 +946,16 @@ def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *,
         raise TypeError("make_model must be a function that builds a fresh model, e.g. lambda: StudentCNN(width=8)")
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
         raise ValueError(f"generations must be a positive int, got {generations!r}")
+    if train_kwargs is not None and not isinstance(train_kwargs, dict):
+        raise TypeError(f"train_kwargs must be a dict of arguments for kdlib.train.train, e.g. "
+                        f"dict(num_epochs=5), got {type(train_kwargs).__name__}")
+    for fn, kwargs, what in ((train, train_kwargs or {}, "train_kwargs"),
+                             (distill_features, distill_kwargs, "the keyword arguments for the distilled generations")):
+        known = set(inspect.signature(fn).parameters) - {"model", "student", "teacher", "train_loader"}
+        unknown = sorted(k for k in kwargs if k not in known)
+        if unknown:
+            raise TypeError(f"{what} hold {unknown}, which kdlib.{fn.__module__.split('.')[-1]}.{fn.__name__} "
+                            f"does not take; it takes {sorted(known)}")
     train_loader = _xy_loader(train_loader)  # each generation has its own teacher
     histories = []
     if first is None:

@@ -141,3 +141,17 @@ def test_missing_files_say_how_to_get_them(tmp_path, name):
 def test_torchvision_needs_root():
     with pytest.raises(ValueError, match="root="):
         data.load_dataset("mnist")
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(augment=3), TypeError, "augment must be a function"),
+    (dict(augment=lambda X, generator=None: None), ValueError, "shaped like its input"),
+    (dict(augment=lambda X, generator=None: X[:, :, :4]), ValueError, "shaped like its input"),
+    (dict(seed="3"), ValueError, "seed must be an int"),
+])
+def test_augmented_copies_refuses_bad_augment_and_seed(kwargs, error, words):
+    from kdlib.data import augmented_copies
+    ds = torch.utils.data.TensorDataset(torch.randn(6, 1, 8, 8), torch.arange(6))
+    with pytest.raises(error) as err:
+        augmented_copies(ds, 2, **kwargs)
+    assert words in str(err.value)

@@ -697,3 +697,48 @@ def test_shared_cache_never_runs_the_teacher_but_still_guards_it():
     finally:
         handle.remove()
     assert calls == []
+
+
+# --- bad input: clear errors raised by kdlib (cases the fuzz of tests/test_fuzz.py found) -----------
+
+def _tiny_loader():
+    X, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    return torch.utils.data.DataLoader(TensorDataset(X, y), batch_size=4)
+
+
+def _tiny_model():
+    return StudentCNN((1, 8, 8), 3, width=2, depth=1)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: distance_potentials(torch.randn(5, 3) * 1e29), ValueError, "overflow"),
+    (lambda: rkd_loss(torch.randn(5, 3), torch.randn(5, 4) * 1e30), ValueError, "normalise the embeddings"),
+    (lambda: distance_potentials(torch.randn(5, 3), eps=-1.0), ValueError, "eps must be a small positive"),
+    (lambda: angle_potentials(torch.randn(5, 3), eps=None), ValueError, "eps must be a small positive"),
+    (lambda: attention_map(torch.randn(2, 3, 4, 4), p=5e16), ValueError, "use a smaller p"),
+    (lambda: attention_map(torch.randn(2, 0, 4, 4)), ValueError, "empty dimension"),
+    (lambda: attention_map(torch.randn(2, 3, 4, 4), size=3), ValueError, "(height, width)"),
+    (lambda: attention_loss(torch.randn(2, 3, 4, 4) * 1e30, torch.randn(2, 3, 4, 4)), ValueError, "overflows"),
+    (lambda: dkd_loss(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), alpha=math.nan),
+     ValueError, "alpha must be a finite number"),
+    (lambda: dkd_terms(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), T=4e195),
+     ValueError, "T^2 overflows"),
+    (lambda: dkd_terms(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), T=2e-309),
+     ValueError, "too large for T"),
+    (lambda: FitNetsHint(2.5, (4,)), TypeError, "student_channels must be a list"),
+    (lambda: TeacherOutputs(torch.randn(4, 1, 8, 8), torch.zeros(3, dtype=torch.long), torch.randn(4, 3), [], [],
+                            _tiny_model()), ValueError, "same number of rows"),
+    (lambda: TeacherOutputs([1.0], torch.zeros(1, dtype=torch.long), torch.randn(1, 3), [], [], _tiny_model()),
+     TypeError, "X must be a tensor"),
+    (lambda: cache_teacher_outputs(StudentCNN((1, 5, 5), 3, width=2, depth=1), _tiny_loader()),
+     ValueError, "teacher cannot run on a batch"),
+    (lambda: cache_teacher_outputs(_tiny_model(), _tiny_loader(), layers=None), TypeError, "layers must be a list"),
+    (lambda: teacher_assistant_chain(_tiny_model(), _tiny_model(), _tiny_model(), _tiny_loader()),
+     TypeError, "put a single assistant in a list"),
+    (lambda: born_again(_tiny_model, _tiny_loader(), train_kwargs=dict(epochs=1)), TypeError, "['epochs']"),
+    (lambda: born_again(_tiny_model, _tiny_loader(), train_kwargs=3), TypeError, "train_kwargs must be a dict"),
+])
+def test_bad_input_gets_a_clear_error(call, error, words):
+    with pytest.raises(error) as err:
+        call()
+    assert words in str(err.value)

@@ -680,29 +680,9 @@ EXEMPT = {
 }
 
 
-# Findings in modules whose authors were still at work when this fuzz ran: reported to the
-# lead, expected to fail here until fixed (then the test shows XPASS: delete the entry).
-_REPORTED = "reported to the lead: "
-KNOWN: dict[str, str] = {
-    "data.augmented_copies": _REPORTED + "an augment that is not callable (None) fails inside the list comprehension",
-    "features.FitNetsHint": _REPORTED + "channel counts that are not sequences (2.5, True) give len() TypeError",
-    "features.TeacherOutputs": _REPORTED + "mismatched or non-tensor X reaches TensorDataset (AssertionError, IndexError)",
-    "features.angle_potentials": _REPORTED + "NaN in e gives NaN potentials; eps of the wrong type",
-    "features.distance_potentials": _REPORTED + "finite embeddings near 1e29, or a negative eps, give NaN",
-    "features.rkd_angle_loss": _REPORTED + "NaN or huge (1e29) embeddings give NaN",
-    "features.rkd_distance_loss": _REPORTED + "finite embeddings near 1e29 give NaN (squared distances overflow)",
-    "features.rkd_loss": _REPORTED + "finite embeddings near 1e29 give NaN",
-    "features.attention_map": _REPORTED + "a map with 0 channels, or a huge p (1e16), gives NaN",
-    "features.attention_loss": _REPORTED + "NaN or huge features give NaN",
-    "features.born_again": _REPORTED + "train_kwargs that is not a dict fails at ** in train()",
-    "features.cache_teacher_outputs": _REPORTED + "a teacher that cannot run on the loader gives torch's RuntimeError",
-    "features.capture": _REPORTED + "names that is not a list (True, an int) fails at list(names)",
-    "features.feature_shapes": _REPORTED + "names that is not a list fails at list(names)",
-    "features.distill_features": _REPORTED + "student_layers that is not a list fails at list()",
-    "features.teacher_assistant_chain": _REPORTED + "assistants that is not a list (None) fails at list()",
-    "features.dkd_loss": _REPORTED + "alpha or beta = NaN gives a NaN loss",
-    "features.dkd_terms": _REPORTED + "a tiny T (1e-72) gives NaN",
-}
+# Known findings not fixed yet, {"module.function": "what fails"}: expected to fail here until
+# fixed (then the test shows XPASS: delete the entry). Empty: every finding so far is fixed.
+KNOWN: dict[str, str] = {}
 
 # --- the checks -------------------------------------------------------------------------------
 
