@@ -15,9 +15,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # pip on these machines warns about every missing local index folder; keep the log readable
 QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
-# notebooks run side by side in `book` and `test-notebooks`: JOBS=N sets how many (default: one per
-# core, at most 4)
+# notebooks and tests run side by side in `book`, `test-unit` and `test-notebooks`: JOBS=N sets how
+# many (default: one per core, at most 4)
 JOBS ?=
+XDIST = $(if $(JOBS),-n $(JOBS),-n auto --maxprocesses 4)
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: help setup vendor chromium book book-all test test-unit test-notebooks test-site \
@@ -72,12 +73,12 @@ book-all: setup vendor
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 test-unit: setup
-	$(PY) -m pytest tests -q -m "not site"
+	$(PY) -m pytest tests -q -m "not site" $(XDIST)
 
-# nbval runs the notebooks side by side too: one worker per core (at most 4, or JOBS), each taking
-# whole notebooks (--dist loadfile: a notebook's cells share one kernel, in order)
+# nbval runs the notebooks side by side too, each worker taking whole notebooks (--dist loadfile:
+# a notebook's cells share one kernel, in order)
 test-notebooks: setup
-	$(PY) -m pytest -q $(NBVAL) $(if $(JOBS),-n $(JOBS),-n auto --maxprocesses 4) --dist loadfile notebooks
+	$(PY) -m pytest -q $(NBVAL) $(XDIST) --dist loadfile notebooks
 
 # the browser tests read the site that `book` has just built
 test-site: setup chromium
