@@ -3,7 +3,6 @@ the house shape (CONTRIBUTING.md): a runnable-in-class starter that calls check(
 gated solution that ends in `assert check(...)` (nbval and the book build run it)."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -18,10 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MIN_EXERCISES = 3
 
-_spec = importlib.util.spec_from_file_location("student_pack", ROOT / "tools" / "student_pack.py")
-sp = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("student_pack", sp)
-_spec.loader.exec_module(sp)
+sys.path.insert(0, str(ROOT / "tools"))
+import student_pack as sp  # noqa: E402
 
 checks._load_all()
 CHECK_IDS = sorted(checks.CHECKS)

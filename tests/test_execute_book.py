@@ -1,7 +1,6 @@
 """tools/execute_book.py: the notebooks run side by side, into the cache the book build reads."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -12,10 +11,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("execute_book", ROOT / "tools" / "execute_book.py")
-eb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("execute_book", eb)
-_spec.loader.exec_module(eb)
+# imported by name from tools/ (on sys.path), so that the worker processes it spawns can import it too
+sys.path.insert(0, str(ROOT / "tools"))
+import execute_book as eb  # noqa: E402
 
 SETTINGS = {"timeout": 120, "allow_errors": False}
 

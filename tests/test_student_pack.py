@@ -1,7 +1,6 @@
 """The classroom kit (tools/student_pack.py): student notebooks keep the exercises and lose the solutions."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -13,10 +12,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-_spec = importlib.util.spec_from_file_location("student_pack", ROOT / "tools" / "student_pack.py")
-sp = importlib.util.module_from_spec(_spec)
-sys.modules["student_pack"] = sp
-_spec.loader.exec_module(sp)
+# imported by name from tools/ (on sys.path), so that the worker processes `grade` spawns can import it too
+sys.path.insert(0, str(ROOT / "tools"))
+import student_pack as sp  # noqa: E402
 
 
 def _tagged(source, *tags, outputs=()):

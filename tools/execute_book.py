@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -205,29 +205,22 @@ def run(notebooks: list[Path], cache_dir: Path, jobs: int, redo: bool, settings:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # no inherited sockets or event loops in the workers
-    if __name__ != "__main__" and str(Path(__file__).parent) not in sys.path:
-        sys.path.append(str(Path(__file__).parent))  # imported as a module: the workers import it too
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        queue = list(todo)
-        running = set()
+        # the pool starts them in this order (longest first), `jobs` at a time
+        futures = [pool.submit(_execute, str(p), settings["timeout"], settings["allow_errors"]) for p in todo]
         try:
-            while queue or running:
-                while queue and len(running) < jobs:
-                    running.add(pool.submit(_execute, str(queue.pop(0)), settings["timeout"],
-                                            settings["allow_errors"]))
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    outcome = fut.result()
-                    if outcome.error is None:
-                        _store(cache, outcome)
-                        times[outcome.path.name] = round(outcome.seconds, 2)
-                        status = "ok"
-                    else:
-                        failed.append(outcome)
-                        status = "FAILED"
-                    finished = len(times) + len(failed)
-                    print(f"  [{finished:>2}/{len(todo)}] {outcome.path.name}: {outcome.seconds:6.1f} s  {status}",
-                          file=out, flush=True)
+            for fut in as_completed(futures):
+                outcome = fut.result()
+                if outcome.error is None:
+                    _store(cache, outcome)
+                    times[outcome.path.name] = round(outcome.seconds, 2)
+                    status = "ok"
+                else:
+                    failed.append(outcome)
+                    status = "FAILED"
+                finished = len(times) + len(failed)
+                print(f"  [{finished:>2}/{len(todo)}] {outcome.path.name}: {outcome.seconds:6.1f} s  {status}",
+                      file=out, flush=True)
         except KeyboardInterrupt:  # the workers were interrupted too; what finished is cached
             pool.shutdown(wait=True, cancel_futures=True)
             print(f"\ninterrupted: {len(times)} of {len(todo)} notebook(s) finished and are cached; "

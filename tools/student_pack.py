@@ -330,8 +330,6 @@ def _graded(notebooks: list[Path], timeout: int, jobs: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if __name__ != "__main__" and str(Path(__file__).parent) not in sys.path:
-        sys.path.append(str(Path(__file__).parent))  # imported as a module: the workers import it too
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per kernel, as the chapters use
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(notebooks)), mp_context=ctx) as pool:
