@@ -1,6 +1,6 @@
 """Benchmark: the capstone pipeline with its command-line defaults on MNIST-5k.
 
-    OMP_NUM_THREADS=1 python bench/pipeline.py [--out DIR] [--json bench/results/pipeline.json]
+    OMP_NUM_THREADS=1 python bench/pipeline.py [--out DIR] [--json kdlib/assets/results/pipeline.json]
 
 Targets (issue "Capstone"): the int8 ONNX edge model at least 50x smaller than
 the teacher's PyTorch checkpoint, at least 20x faster at batch 1, and within

@@ -2,7 +2,7 @@
 15 epochs (the book's recipe otherwise), their calibration, and the student each one
 distils in the data-scarce setting of chapter 5, with the same seeds.
 
-    OMP_NUM_THREADS=1 python bench/teacher_length.py --json bench/results/teacher_length.json   # about 30 min
+    OMP_NUM_THREADS=1 python bench/teacher_length.py --json kdlib/assets/results/teacher_length.json   # about 30 min
 
 The 15-epoch teacher is the book's checkpoint (kdlib.zoo.load_teacher); the shorter ones
 are trained here with `kdlib.zoo.train_teacher` and the same recipe except `num_epochs`

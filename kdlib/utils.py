@@ -1,4 +1,4 @@
-"""Seeding, devices, atomic writes and checksummed checkpoints.
+"""Seeding, devices, atomic writes, checksummed checkpoints and the files shipped with kdlib.
 
 The bottom layer of kdlib: everything else may import from here, and this
 module imports nothing from the rest of kdlib.
@@ -6,7 +6,9 @@ module imports nothing from the rest of kdlib.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import io
+import json
 import os
 import random
 import tempfile
@@ -198,6 +200,43 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | 
     return model
 
 
+def asset_path(*parts: str) -> Path:
+    """The path of a file shipped inside kdlib (`kdlib/assets/...`): checkpoints, bench results, data.
+
+    Found through `importlib.resources`, so it works the same from a clone and from a plain
+    `pip install` of kdlib (on Colab, say).
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    if not all(isinstance(p, str) and p and ".." not in Path(p).parts for p in parts):
+        raise ValueError(f"asset_path takes names inside kdlib/assets such as ('results', 'kd_gain.json'), got {parts!r}")
+    return Path(str(importlib.resources.files("kdlib"))) / "assets" / Path(*parts)
+
+
+def read_result(name: str) -> dict:
+    """The saved result of a bench script, `kdlib/assets/results/<name>.json`, as a dict.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    path = asset_path("results", f"{name}.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved bench result {path.name} in {path.parent}: run the bench script that "
+                                f"writes it (its docstring gives the command), e.g. python bench/{name}.py --json {path}")
+    return json.loads(path.read_text())
+
+
+_RETRAIN_NOTICE_SHOWN = False
+
+
+def _retrain_notice(path: Path) -> None:
+    """Say once per process that a checkpoint is missing and that the numbers will differ from the book's."""
+    global _RETRAIN_NOTICE_SHOWN
+    if not _RETRAIN_NOTICE_SHOWN:
+        _RETRAIN_NOTICE_SHOWN = True
+        print(f"note: {path.name} is not in {path.parent}, so it is trained now (this takes a while). The numbers "
+              "below will differ a little from the book's, which were computed with the shipped checkpoint.")
+
+
 def load_or_train(
     path: str | os.PathLike,
     make_model: Callable[[], nn.Module],
@@ -227,6 +266,8 @@ def load_or_train(
         if verbose:
             print(f"loaded {path.name} (sha256 {sha256_file(path)[:12]}...)")
     else:
+        if verbose:
+            _retrain_notice(path)
         train_fn(model)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = save_checkpoint(model, path)

@@ -1,6 +1,6 @@
 """The book's trained teachers: one recipe each, loaded from a checkpoint or retrained.
 
-A checkpoint for MNIST-5k is committed in `checkpoints/`; `python -m kdlib
+A checkpoint for MNIST-5k ships in `kdlib/assets/checkpoints/`; `python -m kdlib
 train-teacher --force` rebuilds it from this recipe, and any chapter that
 finds it missing retrains it (`kdlib.utils.load_or_train`).
 """
@@ -15,7 +15,7 @@ from torch import nn
 from .data import DatasetSplits, load_dataset, make_loader, random_shift_rotate
 from .models import TeacherCNN
 from .train import train
-from .utils import load_or_train
+from .utils import asset_path, load_or_train
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,10 @@ def _check_recipe(recipe, cls) -> None:
 
 
 def checkpoint_dir() -> Path:
-    """Where checkpoints live: $KDLIB_CHECKPOINTS, else the repository's
-    `checkpoints/` folder, else `~/.cache/kdlib/checkpoints`."""
+    """Where checkpoints live: $KDLIB_CHECKPOINTS, else `kdlib/assets/checkpoints` (shipped with kdlib)."""
     if os.environ.get("KDLIB_CHECKPOINTS"):
         return Path(os.environ["KDLIB_CHECKPOINTS"])
-    repo = Path(__file__).resolve().parent.parent / "checkpoints"
-    if repo.is_dir():
-        return repo
-    return Path.home() / ".cache" / "kdlib" / "checkpoints"
+    return asset_path("checkpoints")
 
 
 def teacher_path(dataset: str = "mnist5k") -> Path:

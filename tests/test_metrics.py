@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from scipy import stats as _stats
 
-from kdlib.metrics import (expected_calibration_error, format_mean_std, gap_closed, mean_confidence, mean_std,
-                           per_class_accuracy, reliability_diagram_data)
+from kdlib.metrics import (compare_paired, expected_calibration_error, format_mean_std, gap_closed, mean_ci,
+                           mean_confidence, mean_std, per_class_accuracy, reliability_diagram_data)
 
 
 def _probs(conf, pred, K=2):
@@ -140,3 +141,63 @@ def test_per_class_accuracy():
     assert acc[:2].tolist() == [0.5, 0.5] and math.isnan(acc[2])
     with pytest.raises(ValueError, match="logits"):
         per_class_accuracy(torch.zeros(3), labels)
+
+
+# --- paired comparisons over seeds ---------------------------------------------------------
+
+
+def test_mean_ci_matches_the_t_interval_by_hand():
+    values = [0.971, 0.966, 0.974, 0.969, 0.974]
+    m, low, high = mean_ci(values)
+    s = _stats.tstd(values)
+    half = 2.7764451051977987 * s / 5 ** 0.5  # t_{4, 0.975}
+    assert m == pytest.approx(sum(values) / 5)
+    assert (low, high) == pytest.approx((m - half, m + half), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compare_paired_decides_as_a_paired_t_test(seed):
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.randn(6, generator=g) * 0.01 + 0.95).tolist()
+    b = (torch.tensor(a) + torch.randn(6, generator=g) * 0.004 + 0.003 * (seed % 3 - 1)).tolist()
+    c = compare_paired(a, b)
+    p = _stats.ttest_rel(a, b).pvalue
+    assert (c.verdict != "no clear difference") == (p < 0.05)
+    if c.verdict == "better":
+        assert c.mean > 0 and c.low > 0
+    if c.verdict == "worse":
+        assert c.mean < 0 and c.high < 0
+
+
+def test_compare_paired_verdicts_and_text():
+    better = compare_paired([0.98, 0.985, 0.983], [0.97, 0.972, 0.975])
+    assert better.verdict == "better" and better.wins == 3 and better.n == 3
+    assert better.format("+.1%").endswith("3 seeds): better")
+    assert compare_paired([0.97, 0.972, 0.975], [0.98, 0.985, 0.983]).verdict == "worse"
+    unclear = compare_paired([0.95, 0.96, 0.94], [0.951, 0.949, 0.95])
+    assert unclear.verdict == "no clear difference" and unclear.low < 0 < unclear.high
+
+
+def test_compare_paired_pairs_by_seed():
+    # the seed moves both recipes alike: paired, the small steady gain is clear
+    base = [0.90, 0.95, 0.92, 0.97, 0.93]
+    assert compare_paired([x + 0.004 for x in base], base).verdict == "better"
+
+
+@pytest.mark.parametrize("a, b, match", [
+    ([0.9], [0.8], "at least 2 seeds"),
+    ([0.9, 0.8], [0.8], "same seeds"),
+    ([0.9, float("nan")], [0.8, 0.7], "finite"),
+])
+def test_compare_paired_refuses_what_it_cannot_decide(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        compare_paired(a, b)
+
+
+def test_compare_paired_bad_arguments():
+    with pytest.raises(TypeError, match="list of numbers"):
+        compare_paired("abc", [1, 2, 3])
+    with pytest.raises(ValueError, match="confidence"):
+        compare_paired([1, 2], [0, 0], confidence=95)
+    with pytest.raises(ValueError, match="fmt"):
+        compare_paired([1, 2], [0, 0]).format("nope")
