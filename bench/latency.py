@@ -8,7 +8,7 @@ Exports the book's teacher and distilled student with `kdlib.export.export_all`
 int8) into a temporary folder, then prints one row per model and back end:
 file bytes (the `.pt` checkpoint for eager PyTorch), accuracy on the 1,000 test
 images, and the median and 90th percentile of batch-1 latency. All twelve back
-ends are timed in one `kdlib.bench.compare_latency` run (interleaved rounds,
+ends are timed in one `kdlib.measure.compare_latency` run (interleaved rounds,
 warm-up, one thread), so that their ratios are comparable on a noisy machine.
 
 The last line is `speedup=... size_ratio=...`:
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from kdlib import bench, export, zoo
+from kdlib import export, measure, zoo
 from kdlib.data import as_tensors, load_dataset
 
 N_CALIB = 128  # training images that calibrate the int8 activation ranges (as in the chapter)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="kdlib-bench-latency-") as tmp:
         rows, runners, _ = build_rows(Path(tmp), args.threads)
-        timing = bench.compare_latency(runners, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
+        timing = measure.compare_latency(runners, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
     for key, t in timing.items():
         rows[key].update(t)
     print(f"batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.repeats} calls, "

@@ -6,7 +6,7 @@
 For the book's teacher and distilled student it prints, dense and pruned:
 parameters, MACs, checkpoint bytes (`torch.save` of the state dict), those
 bytes after zlib compression, and batch-1 eager latency (one thread, timed
-interleaved with `kdlib.bench.compare_latency`, medians). Unstructured:
+interleaved with `kdlib.measure.compare_latency`, medians). Unstructured:
 90% of the conv and Linear weights zeroed globally by magnitude, masks made
 permanent. Structured: half of every convolution's output channels removed
 (`kdlib.prune.channel_prune`, L1 criterion).
@@ -23,7 +23,7 @@ import zlib
 
 import torch
 
-from kdlib import bench
+from kdlib import measure
 from kdlib.data import load_dataset
 from kdlib.prune import channel_prune, magnitude_prune, make_permanent
 from kdlib.zoo import load_student, load_teacher
@@ -44,12 +44,12 @@ def variants(model, x1) -> dict:
 
 
 def measure(name: str, models: dict, x1, rounds: int, repeats: int) -> dict:
-    lat = bench.compare_latency({k: (lambda m=m: m(x1)) for k, m in models.items()}, rounds=rounds,
+    lat = measure.compare_latency({k: (lambda m=m: m(x1)) for k, m in models.items()}, rounds=rounds,
                                 repeats=repeats)
     rows = {}
     for k, m in models.items():
-        rows[k] = {"params": bench.count_params(m), "nonzero": sum(int((p != 0).sum()) for p in m.parameters()),
-                   "macs": bench.count_macs(m, x1), "bytes": bench.serialized_size(m), "zipped": zipped_size(m),
+        rows[k] = {"params": measure.count_params(m), "nonzero": sum(int((p != 0).sum()) for p in m.parameters()),
+                   "macs": measure.count_macs(m, x1), "bytes": measure.serialized_size(m), "zipped": zipped_size(m),
                    "latency_us": lat[k]["median_us"]}
         r = rows[k]
         print(f"{name:<8} {k:<13} {r['params']:>9,} params {r['nonzero']:>9,} non-zero {r['macs']:>11,} MACs "

@@ -11,7 +11,7 @@ then a rename), an existing file is replaced only with `overwrite=True`,
 and intermediate files live in a temporary folder that is removed.
 `check_parity` compares any exported file with the eager model;
 `make_runner` builds the zero-argument batch-1 call that
-`kdlib.bench.compare_latency` times.
+`kdlib.measure.compare_latency` times.
 """
 from __future__ import annotations
 
@@ -582,7 +582,7 @@ def check_parity(path, model: nn.Module, inputs: torch.Tensor, *, atol: float = 
 def make_runner(path, example_input: torch.Tensor, *, threads: int = 1) -> Callable[[], object]:
     """A zero-argument function running one inference of a file on `example_input`.
 
-    This is what `kdlib.bench.compare_latency` times: the runtime call alone,
+    This is what `kdlib.measure.compare_latency` times: the runtime call alone,
     with the input already in the runtime's format.
 
     Introduced in: notebooks/09_edge_export.ipynb

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import bench, export, prune
+from . import export, measure, prune
 from .data import DatasetSplits, as_tensors, augmented_copies, load_dataset, make_loader
 from .models import StudentCNN, TeacherCNN
 from .train import cache_teacher_logits, distill, evaluate
@@ -248,18 +248,18 @@ def _measure(run: _Run, ds: DatasetSplits, models: dict, files: dict) -> list[di
         runners[name] = export.make_runner(path, example, threads=run.config.latency_threads)
     for m in models.values():
         m.eval()
-    timing = bench.compare_latency(runners, rounds=run.config.latency_rounds, threads=run.config.latency_threads,
+    timing = measure.compare_latency(runners, rounds=run.config.latency_rounds, threads=run.config.latency_threads,
                                    repeats=40)
     rows = []
     for name, m in models.items():
-        rows.append({"stage": name, "format": "PyTorch fp32", "file": None, "params": bench.count_params(m),
-                     "channels": _conv_channels(m), "bytes": bench.serialized_size(m),
+        rows.append({"stage": name, "format": "PyTorch fp32", "file": None, "params": measure.count_params(m),
+                     "channels": _conv_channels(m), "bytes": measure.serialized_size(m),
                      "accuracy": _test_accuracy(m, ds), **timing[name]})
     kinds = {".onnx": "ONNX Runtime", ".pte": "ExecuTorch"}
     for name, path in files.items():
         precision = "int8" if "int8" in path.name else "fp32"
         rows.append({"stage": name, "format": f"{kinds[path.suffix]} {precision}", "file": path.name,
-                     "params": bench.count_params(models["pruned"]),  # every file holds the pruned model
+                     "params": measure.count_params(models["pruned"]),  # every file holds the pruned model
                      "channels": _conv_channels(models["pruned"]),
                      "bytes": path.stat().st_size, "accuracy": _file_accuracy(path, ds), **timing[name]})
     return rows
@@ -458,7 +458,7 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
         "stages": rows, "config": dataclasses.asdict(config),
         "stage_seconds": {k: v.get("seconds", 0.0) for k, v in run.state.items()},
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": bench.machine_info(),  # latency figures mean little without it
+        "machine": measure.machine_info(),  # latency figures mean little without it
     }
     atomic_write_bytes(out / "pareto.png", _png_bytes(pareto_figure(rows)))
     atomic_write_text(out / "report.md", _report_md(summary, rows, config))

@@ -5,6 +5,7 @@ module imports nothing from the rest of kdlib.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import io
@@ -46,6 +47,27 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         except RuntimeError:
             raise ValueError(f"{device!r} is not a device; use 'cpu', 'cuda' or 'cuda:0'") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put `model` in eval mode for a `with` block, then give every submodule back its own mode.
+
+        with eval_mode(teacher):
+            logits = teacher(X)
+
+    `model.train(was_training)` would not do: it sets one mode on every submodule, so a
+    frozen BatchNorm inside a training model would come back in train mode.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib import bench, data, models, train, utils
+from kdlib import data, measure, models, train, utils
 
 
 # -- utils ----------------------------------------------------------------------------------
@@ -85,11 +85,11 @@ def test_models_fit_every_input_shape(cls, shape):
 
 def test_student_param_count_closed_form():
     # conv 1->8 (72) + BN 16 + conv 8->16 (1152) + BN 32 + linear 16*7*7*10 + 10
-    assert bench.count_params(models.StudentCNN()) == 72 + 16 + 1152 + 32 + 784 * 10 + 10
+    assert measure.count_params(models.StudentCNN()) == 72 + 16 + 1152 + 32 + 784 * 10 + 10
 
 
 def test_mlp_param_count_closed_form():
-    assert bench.count_params(models.StudentMLP(hidden=(64,))) == 784 * 64 + 64 + 64 * 10 + 10
+    assert measure.count_params(models.StudentMLP(hidden=(64,))) == 784 * 64 + 64 + 64 * 10 + 10
 
 
 def test_torchvision_adapters():
@@ -113,27 +113,27 @@ def test_bad_model_arguments():
 
 def test_macs_closed_form():
     lin = nn.Linear(20, 5)
-    assert bench.count_macs(lin, torch.zeros(1, 20)) == 100
+    assert measure.count_macs(lin, torch.zeros(1, 20)) == 100
     conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
-    assert bench.count_macs(conv, torch.zeros(1, 2, 6, 6)) == 2 * 4 * 9 * 36
+    assert measure.count_macs(conv, torch.zeros(1, 2, 6, 6)) == 2 * 4 * 9 * 36
 
 
 def test_serialized_size_grows_with_params():
-    small, big = bench.serialized_size(nn.Linear(10, 10)), bench.serialized_size(nn.Linear(100, 100))
+    small, big = measure.serialized_size(nn.Linear(10, 10)), measure.serialized_size(nn.Linear(100, 100))
     assert big - small == pytest.approx((10100 - 110) * 4, rel=0.01)
 
 
 def test_latency_reports_median_and_p90():
-    r = bench.latency(nn.Linear(4, 2), torch.zeros(1, 4), repeats=20, warmup=2)
+    r = measure.latency(nn.Linear(4, 2), torch.zeros(1, 4), repeats=20, warmup=2)
     assert 0 < r["median_us"] <= r["p90_us"]
-    r = bench.compare_latency({"a": lambda: None, "b": lambda: sum(range(1000))}, rounds=2, repeats=5, warmup=1)
+    r = measure.compare_latency({"a": lambda: None, "b": lambda: sum(range(1000))}, rounds=2, repeats=5, warmup=1)
     assert set(r) == {"a", "b"} and r["a"]["median_us"] < r["b"]["median_us"]
     with pytest.raises(ValueError):
-        bench.compare_latency({})
+        measure.compare_latency({})
 
 
 def test_profile_keys():
-    p = bench.profile(models.StudentCNN(), torch.zeros(1, 1, 28, 28), repeats=5)
+    p = measure.profile(models.StudentCNN(), torch.zeros(1, 1, 28, 28), repeats=5)
     assert set(p) == {"params", "macs", "bytes", "latency_us", "latency_p90_us"}
     assert p["params"] == 9122
 
@@ -234,14 +234,30 @@ def test_train_bad_arguments(digits):
 def test_machine_info_reads_cpuinfo_flags(monkeypatch, tmp_path):
     import builtins
 
-    from kdlib import bench
+    from kdlib import measure
 
     fake = tmp_path / "cpuinfo"
     fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n"
                     "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(fake if f == "/proc/cpuinfo" else f, *a, **k))
-    info = bench.machine_info()
+    info = measure.machine_info()
     assert info["processor"] == "Test CPU 9000"
     assert info["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni"]  # the first processor's, in a fixed order
     assert info["torch"] == torch.__version__ and info["cores"] >= 1
+
+
+def test_eval_mode_restores_each_submodule_own_mode():
+    from kdlib.utils import eval_mode
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout(0.5))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    with eval_mode(model) as m:
+        assert m is model and not any(x.training for x in model.modules())
+    assert [x.training for x in model.modules()] == [True, True, False, True]
+    try:
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert [x.training for x in model.modules()] == [True, True, False, True]

@@ -645,7 +645,7 @@ def test_born_again_bad_input():
 
 
 def test_checks_accept_right_answers_and_explain_wrong_ones():
-    from kdlib.checks import run_check
+    from kdlib.exercises import run_check
 
     def layer_output(model, name, X):
         with capture(model, [name]) as feats:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdlib
-from kdlib import bench, data, guards, losses, models, train, utils, zoo
+from kdlib import data, guards, losses, measure, models, train, utils, zoo
 
 KDLIB_DIR = Path(kdlib.__file__).resolve().parent
 # FloatingPointError: kdlib's own message when training diverges; PermissionError: an unwritable folder
@@ -371,20 +371,20 @@ spec("train.kd_loss_partial", train.kd_loss_partial,
      student_logits="tensor", teacher_logits="tensor", labels="tensor", T="number", alpha="number")
 
 # bench
-spec("bench.count_params", bench.count_params, lambda: dict(model=toy_model()), model="model")
-spec("bench.count_macs", bench.count_macs, lambda: dict(model=toy_model(), example_input=toy_x(1)),
+spec("measure.count_params", measure.count_params, lambda: dict(model=toy_model()), model="model")
+spec("measure.count_macs", measure.count_macs, lambda: dict(model=toy_model(), example_input=toy_x(1)),
      model="model", example_input="tensor")
-spec("bench.serialized_size", bench.serialized_size, lambda: dict(model=toy_model()), model="model")
-spec("bench.time_fn", bench.time_fn, _with(fn=lambda: None, warmup=1, repeats=3),
+spec("measure.serialized_size", measure.serialized_size, lambda: dict(model=toy_model()), model="model")
+spec("measure.time_fn", measure.time_fn, _with(fn=lambda: None, warmup=1, repeats=3),
      fn="callable", warmup="int", repeats="int")
-spec("bench.latency", bench.latency, lambda: dict(model=toy_model(), example_input=toy_x(1), warmup=1, repeats=2),
+spec("measure.latency", measure.latency, lambda: dict(model=toy_model(), example_input=toy_x(1), warmup=1, repeats=2),
      model="model", example_input="tensor", threads="int", warmup="int", repeats="int")
-spec("bench.profile", bench.profile, lambda: dict(model=toy_model(), example_input=toy_x(1), repeats=2),
+spec("measure.profile", measure.profile, lambda: dict(model=toy_model(), example_input=toy_x(1), repeats=2),
      model="model", example_input="tensor", threads="int", repeats="int")
-spec("bench.compare_latency", bench.compare_latency,
+spec("measure.compare_latency", measure.compare_latency,
      _with(runners={"a": lambda: None}, rounds=1, warmup=1, repeats=2),
      runners="any", rounds="int", warmup="int", repeats="int", threads="int")
-spec("bench.num_threads", bench.num_threads, _with(n=1), n="int")
+spec("measure.num_threads", measure.num_threads, _with(n=1), n="int")
 
 # zoo (never trains: only the argument checks run, with checkpoints in a temporary folder)
 spec("zoo.teacher_path", zoo.teacher_path, _with(dataset="mnist5k"), dataset="str")
@@ -727,7 +727,7 @@ def run_case(spec_: Spec, kwargs: dict) -> str | None:
                 result = spec_.call(**kwargs)
             else:
                 result = spec_.fn(**kwargs)
-                if isinstance(result, bench.num_threads):
+                if isinstance(result, measure.num_threads):
                     with result:
                         pass
     except Exception as err:  # noqa: BLE001 - judging the exception is the point

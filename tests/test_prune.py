@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdlib.bench import count_macs, count_params
+from kdlib.measure import count_macs, count_params
 from kdlib.data import make_loader
 from kdlib.models import StudentCNN, TeacherCNN, resnet18_small
 from kdlib.prune import (channel_prune, channels_to_keep, check_amount, filter_norms, gradual_schedule,

@@ -129,7 +129,7 @@ def test_pack_carries_the_data_files_the_notebooks_read(tmp_path):
 def test_grade_scores_right_wrong_and_unreached_exercises(tmp_path):
     """A real kernel runs a small notebook: one right, one wrong, one never reached."""
     nb = new_notebook(cells=[
-        new_code_cell("from kdlib.checks import register, check\n"
+        new_code_cell("from kdlib.exercises import register, check\n"
                       "@register('98.1')\ndef _c1(a):\n    return None if a == 2 else f'expected 2, got {a!r}'\n"
                       "@register('98.2')\ndef _c2(a):\n    return None if a == 3 else 'expected 3'\n"
                       "@register('98.3')\ndef _c3(a):\n    return None"),
@@ -188,7 +188,7 @@ def _rendezvous_submission(path: Path, me: str, other: str, answer: int) -> Path
         new_code_cell("import pathlib, time\n"
                       f"pathlib.Path('{me}.started').touch()\n"
                       f"met = any(pathlib.Path('{other}.started').exists() or time.sleep(0.1) for _ in range(600))"),
-        new_code_cell("from kdlib.checks import register, check\n"
+        new_code_cell("from kdlib.exercises import register, check\n"
                       "@register('97.1')\ndef _c(a):\n    return None if a == 2 else f'expected 2, got {a!r}'"),
         _tagged(f"check('97.1', {answer} if met else 'alone')", "skip-execution", "nbval-skip"),
     ])

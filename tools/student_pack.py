@@ -12,7 +12,7 @@ A student notebook is the chapter with
   * a note at the top saying how to check one's work.
 
 `grade` executes notebooks (errors do not stop the run) and reads the lines that
-`kdlib.checks.check` prints ("Exercise 02.1: correct. ..." / "... not yet. ..."),
+`kdlib.exercises.check` prints ("Exercise 02.1: correct. ..." / "... not yet. ..."),
 so a student can check a whole notebook and a teacher can score a folder of them.
 The pack carries a copy of this file as `grade.py` for that.
 """

@@ -57,7 +57,7 @@ def sparsity_of(fn) -> str | None:
 @register("07.2")
 def conv_macs(fn) -> str | None:
     """fn(c_in, c_out, kernel, h_out, w_out) -> MACs of a groups=1 conv on one image."""
-    from ..bench import count_macs
+    from ..measure import count_macs
 
     problem = not_a_function(fn, "conv_macs")
     if problem:

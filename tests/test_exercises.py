@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import torch
 
-from kdlib import checks
+from kdlib import exercises as kdex
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -20,8 +20,8 @@ MIN_EXERCISES = 3
 sys.path.insert(0, str(ROOT / "tools"))
 import student_pack as sp  # noqa: E402
 
-checks._load_all()
-CHECK_IDS = sorted(checks.CHECKS)
+kdex._load_all()
+CHECK_IDS = sorted(kdex.CHECKS)
 
 
 def _returns_none(*args, **kwargs):
@@ -52,7 +52,7 @@ WRONG_ANSWERS = {
 
 
 def test_checks_are_registered():
-    assert CHECK_IDS, "no checks registered in kdlib/checks/chNN.py"
+    assert CHECK_IDS, "no checks registered in kdlib/exercises/chNN.py"
     for ex in CHECK_IDS:
         assert re.fullmatch(r"\d\d\.\d+", ex), f"check id {ex!r} is not of the form NN.k"
 
@@ -62,7 +62,7 @@ def test_checks_are_registered():
 def test_check_function_rejects_a_blank_answer_kindly(ex, kind):
     """The registered function itself (not only the run_check wrapper) returns a message."""
     try:
-        message = checks.CHECKS[ex](BLANK_ANSWERS[kind])
+        message = kdex.CHECKS[ex](BLANK_ANSWERS[kind])
     except Exception as err:  # the assertion below names the problem; a traceback would not
         pytest.fail(f"check {ex} raised {type(err).__name__}: {err} on {kind}")
     assert isinstance(message, str) and message.strip(), f"check {ex} accepted {kind}"
@@ -73,7 +73,7 @@ def test_check_function_rejects_a_blank_answer_kindly(ex, kind):
 def test_check_never_raises_on_wrong_answers(ex, capsys):
     """The reader's entry point prints feedback and returns False for anything blank or broken."""
     for kind, answer in WRONG_ANSWERS.items():
-        assert checks.check(ex, answer) is False, f"check {ex} accepted {kind}"
+        assert kdex.check(ex, answer) is False, f"check {ex} accepted {kind}"
         out = capsys.readouterr().out
         assert out.startswith(f"Exercise {ex}: not yet."), f"check {ex} on {kind} printed {out!r}"
 
@@ -82,7 +82,7 @@ def test_check_never_raises_on_wrong_answers(ex, capsys):
 def test_not_a_function_names_what_was_passed_instead():
     import torch
 
-    from kdlib.checks import not_a_function
+    from kdlib.exercises import not_a_function
 
     assert not_a_function(lambda x: x, "softmax_T") is None and not_a_function(len, "len") is None
     for wrong, kind in [(0.5, "float"), (torch.nn.Linear(2, 2), "Linear"), (torch.nn.Linear, "type"),
@@ -91,7 +91,7 @@ def test_not_a_function_names_what_was_passed_instead():
 
 def test_unknown_exercise_names_the_known_ones():
     with pytest.raises(KeyError, match="known:"):
-        checks.run_check("00.0", 1)
+        kdex.run_check("00.0", 1)
 
 
 # --- the chapters' exercises -------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_exercises_have_starter_and_gated_solution(path):
             tags = set(nb.cells[i].metadata.get("tags", []))
             assert not tags & sp.STARTER_TAGS, f"{where}: a solution cell is tagged {tags}: it would never run"
         assert ids[-1].startswith(chapter + "."), f"{where}: check id {ids[-1]} is not chapter {chapter}'s"
-        assert ids[-1] in checks.CHECKS, f"{where}: no check registered for {ids[-1]}"
+        assert ids[-1] in kdex.CHECKS, f"{where}: no check registered for {ids[-1]}"
         used.append(ids[-1])
     assert len(used) == len(set(used)), f"{path.name}: two exercises use the same check: {used}"
 

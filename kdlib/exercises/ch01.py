@@ -28,7 +28,7 @@ def weight_bytes(fn) -> str | None:
 
 
 def _student_weight_bytes(width: int) -> int:
-    from ..bench import count_params
+    from ..measure import count_params
     from ..models import StudentCNN
 
     return 4 * count_params(StudentCNN(width=width))

@@ -1,9 +1,9 @@
 """Automatic checks for the book's exercises: friendly feedback, never a crash.
 
-    from kdlib.checks import check
+    from kdlib.exercises import check
     check("02.1", my_answer)   # prints feedback, returns True or False
 
-Each chapter's checks live in `kdlib/checks/chNN.py` and are registered with
+Each chapter's checks live in `kdlib/exercises/chNN.py` and are registered with
 `@register("NN.k")`. A check function takes the reader's answer and returns
 None when it is right, or a string saying what is wrong.
 
