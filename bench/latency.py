@@ -1,4 +1,4 @@
-"""Edge back ends side by side: size, accuracy and batch-1 latency (Chapter 9).
+"""Edge back ends side by side: size, accuracy and batch-1 latency (Chapter 10).
 
     OMP_NUM_THREADS=1 python bench/latency.py                # the book's teacher and student
     OMP_NUM_THREADS=1 python bench/latency.py --rounds 3     # a quicker look

@@ -1,4 +1,4 @@
-"""What pruning does to size and speed: unstructured zeros vs removed channels (Chapter 7).
+"""What pruning does to size and speed: unstructured zeros vs removed channels (Chapter 8).
 
     OMP_NUM_THREADS=1 python bench/prune.py                # the book's teacher and student
     OMP_NUM_THREADS=1 python bench/prune.py --rounds 3     # a quicker look

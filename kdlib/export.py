@@ -167,7 +167,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: boo
         ValueError: the model cannot be captured (Python control flow that
             depends on tensor values, unsupported operations, wrong input shape).
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     _check_model(model)
     x = _check_input(example_input)
@@ -214,7 +214,7 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path, *, overwrite: b
     Returns:
         the path written.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     path = _check_dest(path, ".onnx", overwrite)
     program = capture(model, example_input, dynamic_batch=True)
@@ -230,7 +230,7 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path, *, overwrite: b
 def onnx_session(path, threads: int = 1):
     """An `onnxruntime.InferenceSession` on the CPU with a fixed number of threads.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     import onnxruntime as ort
 
@@ -259,7 +259,7 @@ def run_onnx(session, X, *, batch_size: int = 256) -> torch.Tensor:
     The inputs go through in chunks of `batch_size` (or one by one if the
     file has a fixed batch of 1).
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     if isinstance(session, (str, os.PathLike)):
         session = onnx_session(session)
@@ -338,19 +338,19 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
         keep_first_conv: leave the model's first `Conv` in fp32 (its input is quantized after
             it). A first convolution over one or three input channels holds few weights, so
             int8 saves almost no bytes there, and its int8 kernel can be slower than the fp32
-            one: chapter 10 measures it. Keeping the first (and last) layer in higher
+            one: chapter 13 measures it. Keeping the first (and last) layer in higher
             precision is common practice.
         op_types: the ONNX operator types to quantize, e.g. `("Gemm", "MatMul")` for the
             fully connected layers alone, which hold most of a small CNN's weights; every
             other layer stays fp32 (mixed precision). None: every type ONNX Runtime can
             quantize. Where int8 kernels are slower than fp32 ones for small convolutions
             (x86 without VNNI), this keeps most of the size saving without the slowdown:
-            chapter 10 measures it.
+            chapter 13 measures it.
         overwrite: replace an existing `dst`.
     Returns:
         the path written.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -419,7 +419,7 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
         the quantized graph module; it runs in PyTorch (simulating int8) and
         goes to `to_executorch` to be lowered.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     xnnpack_quantizer = _quiet_import("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
     XNNPACKQuantizer = xnnpack_quantizer.XNNPACKQuantizer
@@ -464,7 +464,7 @@ def to_executorch(model: nn.Module, example_input: torch.Tensor, path, *, overwr
     Returns:
         the path written.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     XnnpackPartitioner = _quiet_import("executorch.backends.xnnpack.partition.xnnpack_partitioner").XnnpackPartitioner
     to_edge_transform_and_lower = _quiet_import("executorch.exir").to_edge_transform_and_lower
@@ -484,7 +484,7 @@ def executorch_method(path, threads: int = 1):
 
     `threads` sets the size of the runtime's thread pool (used by XNNPACK).
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     path = _check_source(path, ".pte")
     if not isinstance(threads, int) or threads < 1:
@@ -507,7 +507,7 @@ def run_executorch(method, X) -> torch.Tensor:
 
     A program exported for batch B is fed B examples at a time.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     if isinstance(method, (str, os.PathLike)):
         method = executorch_method(method)
@@ -528,7 +528,7 @@ def run_executorch(method, X) -> torch.Tensor:
 def predict(path, X, *, threads: int = 1) -> torch.Tensor:
     """Logits `(N, K)` of an `.onnx` or `.pte` file on `X` `(N, C, H, W)`.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else None
     if suffix == ".onnx":
@@ -553,7 +553,7 @@ def check_parity(path, model: nn.Module, inputs: torch.Tensor, *, atol: float = 
     Raises:
         ValueError: the difference is larger than `atol`.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     _check_model(model)
     inputs = torch.from_numpy(_as_numpy(inputs, "inputs"))
@@ -585,7 +585,7 @@ def make_runner(path, example_input: torch.Tensor, *, threads: int = 1) -> Calla
     This is what `kdlib.measure.compare_latency` times: the runtime call alone,
     with the input already in the runtime's format.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     x = _check_input(example_input)
     suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else None
@@ -625,7 +625,7 @@ def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str,
     Returns:
         back end -> path, in the order of `BACKENDS`.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     if not isinstance(folder, (str, os.PathLike)):
         raise TypeError(f"folder must be a str or Path, got {type(folder).__name__}")
@@ -662,7 +662,7 @@ class native_stderr_silenced:
     held. If the block raises, the held text is written out after it closes,
     so nothing is lost when something fails.
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
 
     def __enter__(self):

@@ -7,7 +7,7 @@ distillation loop of `kdlib.train` with a feature term added (without one,
 it is `kdlib.train.distill`); the teacher chains are short compositions of
 `kdlib.train.train` and that loop.
 
-Introduced in: notebooks/06_beyond_logits.ipynb
+Introduced in: notebooks/07_beyond_logits.ipynb
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def capture(model: nn.Module, names, *, detach: bool = False) -> Iterator[dict]:
     Yields:
         dict name -> output of that layer in the latest forward pass.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     names = _check_names(model, names)
     modules = dict(model.named_modules())
@@ -122,7 +122,7 @@ def feature_shapes(model: nn.Module, names, input_shape) -> dict[str, tuple]:
     one input of `input_shape` (C, H, W); the model is run in eval mode and
     every module is left in the mode it was in.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     names = _check_names(model, names)
     if (not isinstance(input_shape, (tuple, list)) or
@@ -193,7 +193,7 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, regressor:
     Returns:
         a scalar tensor.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     _check_feature("student_feat", student_feat, ndim=4)
     _check_feature("teacher_feat", teacher_feat, ndim=4)
@@ -218,7 +218,7 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, regressor:
 def hint_regressor(student_channels: int, teacher_channels: int) -> nn.Conv2d:
     """The FitNets regressor: a 1x1 convolution (B, C_s, H, W) -> (B, C_t, H, W).
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     for k, v in (("student_channels", student_channels), ("teacher_channels", teacher_channels)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -234,7 +234,7 @@ class FitNetsHint(nn.Module):
     Args:
         student_channels, teacher_channels: channel counts of each pair, in order.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
@@ -280,7 +280,7 @@ def attention_map(feat: torch.Tensor, p: float = 2.0, size: tuple[int, int] | No
     Returns:
         (B, H*W) (or (B, H'*W')) maps, each of unit L2 norm (zero maps stay zero).
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     _check_feature("feat", feat, ndim=4)
     if 0 in feat.shape:
@@ -320,7 +320,7 @@ def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: fl
     Returns:
         a scalar tensor.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     _check_feature("student_feat", student_feat, ndim=4)
     _check_feature("teacher_feat", teacher_feat, ndim=4)
@@ -391,7 +391,7 @@ def distance_potentials(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         (B*(B-1)/2,) potentials of the pairs i < j, row by row (the order of
         `torch.triu_indices(B, B, 1)`).
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     e = _embeddings("e", e)
     eps = _check_eps(eps)
@@ -434,7 +434,7 @@ def angle_potentials(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     Returns:
         (B*(B-1)*(B-2),) cosines, ordered by (j, i, k).
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     e = _embeddings("e", e)
     eps = _check_eps(eps)
@@ -466,7 +466,7 @@ def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> t
     Returns:
         a scalar tensor.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     _check_pair_of_embeddings(student_emb, teacher_emb)
     with torch.no_grad():
@@ -487,7 +487,7 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torc
     Returns:
         a scalar tensor.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     _check_pair_of_embeddings(student_emb, teacher_emb)
     s, t = _embeddings("student_emb", student_emb), _embeddings("teacher_emb", teacher_emb)
@@ -516,7 +516,7 @@ def rkd_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, w_distance: f
     Returns:
         a scalar tensor.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     for k, v in (("w_distance", w_distance), ("w_angle", w_angle)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -565,7 +565,7 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     Returns:
         (tckd (B,), nckd (B,), teacher_target_prob (B,)), the last without gradient.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
@@ -604,7 +604,7 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
     Returns:
         a scalar tensor.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     for k, v in (("alpha", alpha), ("beta", beta)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
@@ -647,7 +647,7 @@ class TeacherOutputs(TensorDataset):
     `.layers`. Made by `cache_teacher_outputs`; `.teacher` is the teacher it
     came from (held weakly, None once that teacher is gone).
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
 
     def __init__(self, X, y, teacher_logits, features, layers, teacher: nn.Module):
@@ -706,7 +706,7 @@ def cache_teacher_outputs(teacher: nn.Module, train_loader: DataLoader, layers: 
         a DataLoader over a `TeacherOutputs` data set: X (B, C, H, W), y (B,),
         teacher_logits (B, K), then one tensor per layer.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     if not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
@@ -785,7 +785,7 @@ def distill_features(student: nn.Module, teacher: nn.Module, train_loader: DataL
     Returns:
         a `History`; the student is left in eval mode.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     _check_common(student, num_epochs, lr, "student")
     if not isinstance(teacher, nn.Module):
@@ -901,7 +901,7 @@ def teacher_assistant_chain(teacher: nn.Module, assistants: Sequence[nn.Module],
     Returns:
         one `History` per step (len(assistants) + 1).
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     plain = _xy_loader(train_loader)
     if isinstance(assistants, nn.Module) and not isinstance(assistants, nn.ModuleList):
@@ -940,7 +940,7 @@ def born_again(make_model: Callable[[], nn.Module], train_loader: DataLoader, *,
         (models, histories): generations + 1 models (generation 0 first) and the
         histories of the runs that happened.
 
-    Introduced in: notebooks/06_beyond_logits.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     if isinstance(make_model, nn.Module) or not callable(make_model):
         raise TypeError("make_model must be a function that builds a fresh model, e.g. lambda: StudentCNN(width=8)")

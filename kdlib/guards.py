@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, default_collate
 class KDWarning(UserWarning):
     """Base class of kdlib's warnings about a likely distillation mistake.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
 
 
@@ -65,7 +65,7 @@ def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
     Returns:
         a bool (False for an empty batch or a single class).
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
@@ -80,7 +80,7 @@ def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
 def warn_if_probabilities(name: str, x: torch.Tensor, *, stacklevel: int = 3) -> None:
     """Warn with `ProbabilitiesWarning` when `x`, meant to be logits, looks like probabilities.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if looks_like_probabilities(x):
         warnings.warn(
@@ -92,7 +92,7 @@ def warn_if_probabilities(name: str, x: torch.Tensor, *, stacklevel: int = 3) ->
 def warn_if_teacher_grad(teacher_logits: torch.Tensor, *, stacklevel: int = 3) -> None:
     """Warn with `TeacherGradWarning` when `teacher_logits` were computed with autograd on.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(teacher_logits, torch.Tensor):
         raise TypeError(f"teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}")
@@ -106,7 +106,7 @@ def warn_if_teacher_grad(teacher_logits: torch.Tensor, *, stacklevel: int = 3) -
 def warn_if_train_mode(teacher: nn.Module, *, stacklevel: int = 3) -> None:
     """Warn with `TeacherModeWarning` when `teacher` is in train mode.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
@@ -119,7 +119,7 @@ def chance_accuracy(labels: torch.Tensor, num_classes: int) -> float:
     """The accuracy of the best constant guess: the larger of 1/K and the share
     of the most frequent label in `labels` (B,).
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     _check_labels(labels)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -140,7 +140,7 @@ def better_than_chance(logits: torch.Tensor, labels: torch.Tensor, *, z: float =
     `chance_accuracy`. Labels of -1 (unlabelled) are ignored. Returns None when
     the batch is too small to tell (fewer than 16 labelled examples).
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim != 2:
         raise TypeError("logits must be a floating-point (batch, num_classes) tensor")
@@ -167,7 +167,7 @@ def probe_batch(dataset: Dataset, n: int = 64) -> list:
     batch ([X (n, ...), y (n,), ...]). Touches no random number generator, so a
     run that probes repeats exactly.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
         raise TypeError(f"dataset must be a torch Dataset with a length, got {type(dataset).__name__}")
@@ -195,7 +195,7 @@ def run_model(model: nn.Module, X: torch.Tensor, name: str = "model") -> torch.T
     """`model(X)`, turning a shape error from deep inside PyTorch into a clear ValueError,
     and checking that the output is a (B, K) logits tensor.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"the {name} must be a torch.nn.Module, got {type(model).__name__}")
@@ -241,7 +241,7 @@ def preflight(student: nn.Module, teacher: nn.Module | None, batch: list) -> Non
     Args:
         batch: [X (B, ...), y (B,), ...], e.g. from `probe_batch`.
 
-    Introduced in: notebooks/11_pitfalls.ipynb
+    Introduced in: notebooks/14_pitfalls.ipynb
     """
     if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not all(isinstance(t, torch.Tensor) for t in batch[:2]):
         raise TypeError("batch must be [X, y, ...] tensors, e.g. from kdlib.guards.probe_batch")

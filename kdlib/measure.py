@@ -161,7 +161,7 @@ def compare_latency(runners: dict, *, rounds: int = 5, warmup: int = 10, repeats
     Returns:
         name -> {"median_us", "p90_us"} over all rounds.
 
-    Introduced in: notebooks/09_edge_export.ipynb
+    Introduced in: notebooks/10_edge_export.ipynb
     """
     if not isinstance(runners, dict) or not runners or not all(callable(f) for f in runners.values()):
         raise ValueError("runners must be a non-empty dict of name -> function of no arguments")
@@ -194,7 +194,7 @@ def machine_info() -> dict:
     (None when not installed). Latency ratios from different machines are not comparable
     without it.
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     import os
     import platform

@@ -187,7 +187,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points not dominated by another: no other point is both
     at most as large (x, e.g. bytes) and at least as accurate (y), and better in one.
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     if (not isinstance(points, (list, tuple)) or not all(
             isinstance(p, (list, tuple)) and len(p) == 2
@@ -205,7 +205,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def pareto_figure(rows: list[dict]):
     """Accuracy against size and against latency for every stage, Pareto front marked.
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     import matplotlib.pyplot as plt
 
@@ -303,7 +303,7 @@ def prepare_out(out, *, force: bool = False, resume: bool = False) -> Path:
     """Check the output folder before any work: create it, refuse one that already
     holds results unless `force` (start over) or `resume` (reuse matching stages).
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     if force and resume:
         raise ValueError("choose one of --force (start over) and --resume (continue), not both")
@@ -343,7 +343,7 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
         the contents of report.json: `size_ratio`, `latency_ratio`,
         `teacher_accuracy`, `edge_accuracy`, ... and `stages` (one entry each).
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     if not isinstance(config, PipelineConfig):
         raise TypeError(f"config must be a kdlib.pipeline.PipelineConfig, got {type(config).__name__}")

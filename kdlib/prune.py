@@ -7,7 +7,7 @@ output channels of convolutions and returns a genuinely smaller dense
 model. Either can be followed by fine-tuning with labels (`kdlib.train.train`)
 or with a teacher (`kdlib.train.distill`).
 
-Introduced in: notebooks/07_pruning.ipynb
+Introduced in: notebooks/08_pruning.ipynb
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _check_model(model) -> nn.Module:
 def check_amount(amount, name: str = "amount") -> float:
     """Raise a clear error unless `amount` is a fraction in [0, 1); return it as a float.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise TypeError(f"{name} must be a number in [0, 1) (the fraction to remove), "
@@ -61,7 +61,7 @@ def check_amount(amount, name: str = "amount") -> float:
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The conv and Linear layers of `model` whose `.weight` pruning acts on, by name.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     _check_model(model)
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
@@ -73,7 +73,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 def is_pruned(model: nn.Module) -> bool:
     """True while some layer carries a pruning mask (`weight_orig` and `weight_mask`).
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     return tprune.is_pruned(_check_model(model))
 
@@ -82,7 +82,7 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     """The weight a layer computes with: `weight_orig * weight_mask` while a mask
     is attached (fresh, even after an optimiser step), else `weight`. Detached.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     if hasattr(layer, "weight_mask"):
         return (layer.weight_orig * layer.weight_mask).detach()
@@ -106,7 +106,7 @@ def magnitude_masks(model: nn.Module, amount: float, *, scope: str = "global") -
     Returns:
         layer name -> mask with the shape of that layer's weight.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     amount = check_amount(amount)
     if scope not in SCOPES:
@@ -153,7 +153,7 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global") -
     Returns:
         the same model, for chaining.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     layers = prunable_layers(model)
     for name, mask in magnitude_masks(model, amount, scope=scope).items():
@@ -170,7 +170,7 @@ def sparsity(model: nn.Module) -> dict:
     Returns:
         {"global": zeros / all prunable weights, "layers": {name: fraction}}.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     layers = prunable_layers(model)
     zeros = {n: int((effective_weight(m) == 0).sum()) for n, m in layers.items()}
@@ -190,7 +190,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
     Returns:
         the same model, for chaining.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     for m in _check_model(model).modules():
         for name, _ in list(m.named_parameters(recurse=False)):
@@ -208,7 +208,7 @@ def filter_norms(conv: nn.Conv2d, criterion: str = "l1") -> torch.Tensor:
     (2017), "Pruning filters for efficient ConvNets"; "l2" takes the square
     root of the sum of squares.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
@@ -233,9 +233,9 @@ def channels_to_keep(conv: nn.Conv2d, amount: float, criterion: str = "l1", *,
     With `multiple_of=m`, that count is rounded to the nearest multiple of m
     (at least m, at most C_out; a layer with fewer than m channels is left
     whole). Runtimes vectorise over channels in blocks (8 fp32 values for
-    AVX2), so 8 or 16 channels run faster than 9 or 18: chapter 10 measures it.
+    AVX2), so 8 or 16 channels run faster than 9 or 18: chapter 13 measures it.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     amount = check_amount(amount)
     m = _check_multiple(multiple_of)
@@ -368,7 +368,7 @@ def channel_prune(model: nn.Module, amount: float, example_input: torch.Tensor, 
         ValueError: for an architecture it cannot follow (residual blocks,
             grouped convolutions, layers it does not know, masks still attached).
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     _check_model(model)
     amount = check_amount(amount)
@@ -435,7 +435,7 @@ def gradual_schedule(final: float, num_steps: int, *, initial: float = 0.0) -> l
     Returns:
         n increasing targets ending exactly at `final`.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     final, initial = check_amount(final, "final"), check_amount(initial, "initial")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -481,7 +481,7 @@ def prune_and_finetune(model: nn.Module, amounts, train_loader: DataLoader, *, s
         (the pruned, fine-tuned model, one dict per step with "target",
         "sparsity", "params" and, with val_loader, "acc_pruned" and "acc_tuned").
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     if not isinstance(amounts, (list, tuple)):
         raise TypeError(f"amounts must be a list of fractions, e.g. [0.5, 0.75], got {amounts!r}")

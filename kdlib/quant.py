@@ -38,7 +38,7 @@ _EPS = torch.finfo(torch.float32).eps  # smallest scale we allow (as PyTorch's o
 def check_bits(num_bits, name: str = "num_bits") -> int:
     """Raise a clear error unless `num_bits` is an int between 2 and 16; return it.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     if isinstance(num_bits, bool) or not isinstance(num_bits, int):
         raise TypeError(f"{name} must be an int between {MIN_BITS} and {MAX_BITS}, "
@@ -90,7 +90,7 @@ def qrange(num_bits: int = 8, *, symmetric: bool = False) -> tuple[int, int]:
     and "narrow", -(2^(b-1) - 1) .. 2^(b-1) - 1, so that 0 sits in the middle
     (at 2 bits that is the ternary grid -1, 0, 1).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     check_bits(num_bits)
     if symmetric:
@@ -118,7 +118,7 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
 def minmax_range(x: torch.Tensor, *, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The observed range of x: (min, max), scalars or (C,) along `axis`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     rows = _per_channel(x.detach(), _check_axis(axis, x.ndim))
@@ -136,7 +136,7 @@ def percentile_range(x: torch.Tensor, percentile: float = 99.99, *,
     Returns:
         (low, high), scalars or (C,) along `axis`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50 < percentile <= 100:
@@ -160,7 +160,7 @@ def mse_range(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False, ax
     Returns:
         (low, high), scalars or (C,) along `axis`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     check_bits(num_bits)
@@ -208,7 +208,7 @@ def compute_qparams(min_val, max_val, num_bits: int = 8, *,
     Returns:
         (scale, zero_point): float32 and int32 tensors of that shape.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
     lo = _as_tensor(min_val, "min_val", torch.float32)
@@ -265,7 +265,7 @@ def quantize_with(x: torch.Tensor, scale, zero_point, num_bits: int = 8, *, symm
     Returns:
         q: int32 tensor, same shape as x.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
@@ -286,7 +286,7 @@ def quantize(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False,
         (q, scale, zero_point): q int32 with x's shape; scale float32 and
         zero_point int32, scalars or (C,).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     check_bits(num_bits)
@@ -304,7 +304,7 @@ def dequantize(q: torch.Tensor, scale, zero_point, *, axis: int | None = None) -
     Returns:
         float32 tensor with q's shape.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor of integers, got {type(q).__name__}")
@@ -324,7 +324,7 @@ class FakeQuantSTE(torch.autograd.Function):
     the gradient through unchanged where x falls inside the grid, and sets
     it to zero where x was clipped (nothing changes there if x moves a bit).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
 
     @staticmethod
@@ -355,7 +355,7 @@ def fake_quantize(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False
         float tensor with x's shape, taking at most 2^num_bits distinct values
         (per channel).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
@@ -372,7 +372,7 @@ def quantization_error(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = 
                        axis: int | None = None, method: str = "minmax", percentile: float = 99.99) -> float:
     """Root-mean-square error of fake-quantizing x with a range chosen by `method`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     lo, hi = observe_range(x, method, num_bits, symmetric=symmetric, axis=axis, percentile=percentile)
     scale, zp = compute_qparams(lo, hi, num_bits, symmetric=symmetric)
@@ -384,7 +384,7 @@ def observe_range(x: torch.Tensor, method: str = "minmax", num_bits: int = 8, *,
                   axis: int | None = None, percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
     """The range of x chosen by `method`: "minmax", "percentile" or "mse".
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_method(method)
     if method == "minmax":
@@ -403,7 +403,7 @@ class Observer(nn.Module):
     range into the running one: "minmax" keeps the extremes over all
     batches; "percentile" and "mse" average the per-batch ranges.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
 
     def __init__(self, num_bits: int = 8, *, symmetric: bool = False, method: str = "minmax",
@@ -510,7 +510,7 @@ class _QuantWrapper(nn.Module):
 class QConv2d(_QuantWrapper):
     """An `nn.Conv2d` whose weights (and inputs) are fake-quantized: (B, C_in, H, W) -> (B, C_out, H', W').
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
 
     def __init__(self, conv: nn.Conv2d, num_bits: int = 8, **kwargs):
@@ -529,7 +529,7 @@ class QConv2d(_QuantWrapper):
 class QLinear(_QuantWrapper):
     """An `nn.Linear` whose weights (and inputs) are fake-quantized: (B, in) -> (B, out).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
 
     def __init__(self, linear: nn.Linear, num_bits: int = 8, **kwargs):
@@ -563,7 +563,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     becomes `nn.Identity()` so layer indices stay the same. Other BatchNorms
     are left alone. The copy computes the same function as `model.eval()`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -598,7 +598,7 @@ def prepare_qat(model: nn.Module, num_bits: int = 8, *, quantize_activations: bo
     Returns:
         the fake-quantized copy, in the same train/eval mode as `model`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -626,7 +626,7 @@ def _swap_layers(module: nn.Module, num_bits: int, kwargs: dict) -> None:
 def quant_layers(model: nn.Module) -> dict[str, _QuantWrapper]:
     """The fake-quantized layers of a prepared model, by name.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -648,7 +648,7 @@ def calibrate(model: nn.Module, loader, *, num_batches: int = 8, device=None) ->
     Returns:
         the same model, calibrated (and in its original train/eval mode).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     layers = quant_layers(model)
     if not layers:
@@ -690,7 +690,7 @@ def integer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Ten
         {name: (q, scale, zero_point)}: q int32 with the weight's shape; scale
         and zero_point per output channel (C_out,) or scalars.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     out = {}
     for name, m in quant_layers(model).items():
@@ -707,7 +707,7 @@ def weight_storage_bytes(model: nn.Module, num_bits: int = 32) -> int:
     plus one float32 scale per output channel when num_bits < 32 and the
     biases in float32 (integer kernels keep them as int32: the same size).
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     if num_bits != 32:
         check_bits(num_bits)

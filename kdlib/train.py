@@ -188,7 +188,7 @@ def init_distributed(backend: str | None = None) -> torch.device:
     `torchrun --nproc_per_node=N script.py`; `train` and `distill` then shard
     the data and average gradients by themselves.
 
-    Introduced in: notebooks/10_capstone.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     import os
 

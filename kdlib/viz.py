@@ -20,9 +20,9 @@ WORKFLOW_STEPS = (
     ("1. Prepare", "a trained teacher,\na small student\n(Chapter 4)"),
     ("2. Soft labels", "teacher logits\nsoftened by T\n(Chapters 2-3)"),
     ("3. Train the student", "distillation loss:\nsoft + hard terms\n(Chapter 5)"),
-    ("4. Evaluate", "accuracy, bytes,\nlatency\n(Chapters 5, 10)"),
+    ("4. Evaluate", "accuracy, bytes,\nlatency\n(Chapters 5, 13)"),
 )
-WORKFLOW_NEXT = "then compress and ship: prune (Ch. 7), quantize (Ch. 8), export (Ch. 9)"
+WORKFLOW_NEXT = "then compress and ship: prune (Ch. 8), quantize (Ch. 9), export (Ch. 10)"
 
 
 def _axes(ax, figsize) -> tuple[Figure, plt.Axes]:

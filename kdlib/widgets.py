@@ -269,7 +269,7 @@ def quant_grid_slider(weights, *, num_bits: int = 4, min_bits: int = 2, max_bits
     Returns:
         the `live_plot` VBox; its caption gives the step and the RMS round-trip error.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     import ipywidgets as widgets
 
@@ -296,7 +296,7 @@ def quant_grid_frames(weights, *, bits: Sequence[int] = (2, 3, 4, 5, 6, 8), symm
     Returns:
         HTML of a JavaScript animation; show it with `IPython.display.HTML(...)`.
 
-    Introduced in: notebooks/08_quantization.ipynb
+    Introduced in: notebooks/09_quantization.ipynb
     """
     from .quant import check_bits
 
@@ -304,7 +304,7 @@ def quant_grid_frames(weights, *, bits: Sequence[int] = (2, 3, 4, 5, 6, 8), symm
     return static_slider(_quant_grid_draw(weights, symmetric), bits)
 
 
-# ---------------------------------------------------------------- Chapter 7: pruning
+# ---------------------------------------------------------------- Chapter 8: pruning
 
 
 def weight_tiles(weight) -> np.ndarray:
@@ -312,7 +312,7 @@ def weight_tiles(weight) -> np.ndarray:
     of kH x kW tiles, one column of tiles per output channel and one row per input channel, with
     NaN gaps between tiles; a Linear's (out, in) matrix is returned as it is.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     w = torch.as_tensor(weight).detach().float().cpu()
     if w.ndim == 2:
@@ -389,7 +389,7 @@ def sparsity_slider(weight, *, name: str = "layer", sparsity: float = 0.5, step:
     Returns:
         the `live_plot` VBox; its caption gives the magnitude threshold.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     import ipywidgets as widgets
 
@@ -413,6 +413,6 @@ def sparsity_frames(weight, *, name: str = "layer", sparsities: Sequence[float] 
     Returns:
         HTML of a JavaScript animation; show it with `IPython.display.HTML(...)`.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     return static_slider(_sparsity_draw(weight, name), _check_sparsities(sparsities), figsize=figsize)

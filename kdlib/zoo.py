@@ -122,7 +122,7 @@ def distill_student(student: nn.Module, teacher: nn.Module, ds: DatasetSplits,
                     recipe: StudentRecipe = STUDENT_RECIPE, *, progress: bool = True):
     """Distil `student` from `teacher` on all of `ds.train` with `recipe` (cached logits).
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     from .train import distill
 
@@ -141,7 +141,7 @@ def load_student(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, t
 
     This is the starting point of the pruning, quantization and export chapters.
 
-    Introduced in: notebooks/07_pruning.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     from .models import StudentCNN
 

@@ -658,26 +658,26 @@ def test_checks_accept_right_answers_and_explain_wrong_ones():
         model(X)
         return stored["out"]
 
-    assert run_check("06.1", layer_output) is None
-    assert "still attached" in run_check("06.1", leaky_layer_output)
+    assert run_check("07.1", layer_output) is None
+    assert "still attached" in run_check("07.1", leaky_layer_output)
 
-    assert run_check("06.2", attention_map) is None
-    assert "L2 norm 1" in run_check("06.2", lambda f: f.pow(2).mean(1).flatten(1))
-    assert "(B, H*W)" in run_check("06.2", lambda f: attention_map(f).view(f.shape[0], *f.shape[2:]))
+    assert run_check("07.2", attention_map) is None
+    assert "L2 norm 1" in run_check("07.2", lambda f: f.pow(2).mean(1).flatten(1))
+    assert "(B, H*W)" in run_check("07.2", lambda f: attention_map(f).view(f.shape[0], *f.shape[2:]))
 
-    assert run_check("06.3", distance_potentials) is None
+    assert run_check("07.3", distance_potentials) is None
 
     def raw(e):
         i, j = torch.triu_indices(len(e), len(e), 1)
         return (e[i] - e[j]).norm(dim=1)
 
-    assert "raw distances" in run_check("06.3", raw)
-    assert "(B, B) matrix" in run_check("06.3", lambda e: torch.cdist(e, e))
+    assert "raw distances" in run_check("07.3", raw)
+    assert "(B, B) matrix" in run_check("07.3", lambda e: torch.cdist(e, e))
 
-    assert run_check("06.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[:2]) is None
-    assert "T^2" in run_check("06.4", lambda s, t, y, T: tuple(v / T**2 for v in dkd_terms(s, t, y, T)[:2]))
-    assert "swapped" in run_check("06.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[1::-1])
-    batch_means = run_check("06.4", lambda s, t, y, T: tuple(v.mean() for v in dkd_terms(s, t, y, T)[:2]))
+    assert run_check("07.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[:2]) is None
+    assert "T^2" in run_check("07.4", lambda s, t, y, T: tuple(v / T**2 for v in dkd_terms(s, t, y, T)[:2]))
+    assert "swapped" in run_check("07.4", lambda s, t, y, T: dkd_terms(s, t, y, T)[1::-1])
+    batch_means = run_check("07.4", lambda s, t, y, T: tuple(v.mean() for v in dkd_terms(s, t, y, T)[:2]))
     assert "one value per example" in batch_means
 
 

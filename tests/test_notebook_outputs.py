@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-# absolute folders of a machine, and tempfile.mkdtemp names such as kdlib-ch09-pp7uzuhf
+# absolute folders of a machine, and tempfile.mkdtemp names such as kdlib-ch10-pp7uzuhf
 MACHINE_PATH = re.compile(r"(/tmp/|/var/folders/|/home/|/root/|/work/|[A-Za-z]:\\\\Users\\\\"
                           r"|kdlib-[a-z0-9]+-[a-z0-9_]{8}\b)")
 
@@ -38,5 +38,5 @@ def test_saved_outputs_name_no_machine_folder(path):
 
 def test_the_pattern_catches_what_it_should():
     assert MACHINE_PATH.search("[report] /tmp/kdlib-capstone-6coz38_r/run/report.md")
-    assert MACHINE_PATH.search("removed kdlib-ch09-pp7uzuhf exists: False")
+    assert MACHINE_PATH.search("removed kdlib-ch10-pp7uzuhf exists: False")
     assert not MACHINE_PATH.search("[distill] reused from OUT")

@@ -313,7 +313,7 @@ class _TextOutsidePre(HTMLParser):
 
 
 def test_markdown_tables_from_cells_render_as_tables():
-    """A Markdown table that a cell displays (the capstone's report, chapter 6's results) becomes an
+    """A Markdown table that a cell displays (the capstone's report, chapter 7's results) becomes an
     HTML table; parsed as CommonMark it would show as lines of pipes and dashes."""
     if not PAGES:
         _missing(f"no built site at {SITE}: run `make book` first")
@@ -323,7 +323,7 @@ def test_markdown_tables_from_cells_render_as_tables():
         parser.feed((SITE / page).read_text(encoding="utf-8"))
         text = " ".join(parser.parts)
         assert not raw.search(text), f"{page}: a Markdown table shows as text (| --- |); is nb_render_markdown_format myst?"
-    capstone = (SITE / "notebooks" / "10_capstone.html").read_text(encoding="utf-8")
+    capstone = (SITE / "notebooks" / "13_capstone.html").read_text(encoding="utf-8")
     tables = re.findall(r"<table.*?</table>", capstone, re.S)
     assert any("onnx int8" in t and "teacher" in t for t in tables), "the capstone's report table is missing"
 

@@ -1,119 +1,133 @@
-"""Checks for the exercises of notebooks/07_pruning.ipynb."""
+"""Checks for the exercises of notebooks/07_beyond_logits.ipynb."""
 from __future__ import annotations
 
-import copy
-import numbers
-
 import torch
-from torch import nn
 
 from . import not_a_function, register
+from .ch02 import _tensor_result
 
 
-def _models() -> list[tuple[str, nn.Module]]:
-    """Small models with known sparsity: (description, model)."""
-    from ..models import StudentCNN
-    from ..prune import magnitude_prune, make_permanent
-
-    torch.manual_seed(0)
-    base = StudentCNN((1, 8, 8), width=4)
-    out = [("an unpruned model", copy.deepcopy(base))]
-    out.append(("a model pruned 60% globally (masks attached)", magnitude_prune(copy.deepcopy(base), 0.6)))
-    out.append(("a model pruned 30% per layer, masks made permanent",
-                make_permanent(magnitude_prune(copy.deepcopy(base), 0.3, scope="layer"))))
-    with_bn = copy.deepcopy(base)
-    with torch.no_grad():
-        with_bn[1].weight.zero_()  # zeros in BatchNorm do not count: it is not a conv or Linear
-    out.append(("a model whose BatchNorm weights are zero", with_bn))
-    return out
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 @register("07.1")
-def sparsity_of(fn) -> str | None:
-    """fn(model) -> fraction of zeros among all Conv2d and Linear weights."""
-    from ..prune import sparsity
+def layer_output(fn) -> str | None:
+    """fn(model, name, X) -> the output of layer `name` for input X, read with a forward hook
+    that is removed afterwards."""
+    from ..models import StudentCNN
 
-    problem = not_a_function(fn, "sparsity_of")
+    problem = not_a_function(fn, "layer_output")
     if problem:
         return problem
-    for what, model in _models():
-        got = fn(model)
-        if got is None:
-            return "sparsity_of returned None: did you forget `return`?"
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return f"sparsity_of should return a number between 0 and 1, got {type(got).__name__}"
-        want = sparsity(model)["global"]
-        if abs(float(got) - want) > 1e-6:
-            if not 0 <= got <= 1:
-                return f"for {what} you returned {got}: a fraction must lie between 0 and 1"
-            return (f"for {what} you returned {float(got):.4f}, expected {want:.4f}. Count the zeros of "
-                    "every Conv2d and Linear `.weight` together (no biases, no BatchNorm), then divide "
-                    "by the number of those weights")
+    torch.manual_seed(0)
+    model = StudentCNN(width=4).eval()
+    X = torch.randn(3, 1, 28, 28, generator=_gen(1))
+    layers = list(model)
+    for name, upto in (("3", 4), ("7", 8)):
+        with torch.no_grad():
+            expected = torch.nn.Sequential(*layers[:upto])(X)
+            got = fn(model, name, X)
+        problem = _tensor_result(f"layer_output(model, {name!r}, X)", got, expected.shape)
+        if problem:
+            return problem
+        if any(m._forward_hooks for m in model.modules()):
+            return "a hook is still attached after your function returned: call handle.remove() (in a finally: block)"
+        if not torch.allclose(got, expected, atol=1e-6):
+            return (f"layer_output(model, {name!r}, X) is not the output of layer {name}: register the hook on "
+                    "dict(model.named_modules())[name] and store the `output` argument")
     return None
 
 
 @register("07.2")
-def conv_macs(fn) -> str | None:
-    """fn(c_in, c_out, kernel, h_out, w_out) -> MACs of a groups=1 conv on one image."""
-    from ..measure import count_macs
+def attention_map(fn) -> str | None:
+    """fn(feat (B, C, H, W)) -> (B, H*W) map mean_c |A|^2, each row of unit L2 norm."""
+    from ..features import attention_map as reference
 
-    problem = not_a_function(fn, "conv_macs")
+    problem = not_a_function(fn, "attention_map")
     if problem:
         return problem
-    for c_in, c_out, k, size in ((1, 8, 3, 28), (8, 16, 3, 14), (4, 8, 3, 14), (3, 5, 1, 7), (6, 2, 5, 9)):
-        got = fn(c_in, c_out, k, size, size)
-        if got is None:
-            return "conv_macs returned None: did you forget `return`?"
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return f"conv_macs should return a number, got {type(got).__name__}"
-        conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
-        want = count_macs(conv, torch.zeros(1, c_in, size, size))
-        if got != want:
-            hint = ""
-            if got == 2 * want:
-                hint = ": that counts FLOPs (a MAC is one multiply and one add, counted once)"
-            elif got == want // (k * k):
-                hint = ": each output value needs c_in * k * k multiplications, not c_in"
-            return f"conv_macs({c_in}, {c_out}, {k}, {size}, {size}) returned {got}, expected {want}{hint}"
-    return None
+    feat = torch.randn(2, 5, 4, 3, generator=_gen(2))
+    expected = reference(feat)
+    got = fn(feat.clone())
+    problem = _tensor_result("attention_map(feat)", got, expected.shape)
+    if problem:
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (2, 4, 3):
+            return "your map has shape (B, H, W): flatten it to (B, H*W) with .flatten(1)"
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (2, 5, 12):
+            return "your map still has the channel dimension: average |A|^2 over dim=1 (the channels)"
+        return problem
+    if torch.allclose(got, expected, atol=1e-5):
+        if not torch.allclose(fn(-3.0 * feat), expected, atol=1e-5):
+            return "the map changes when the features are scaled by -3: take |A|^2 and normalise each row"
+        return None
+    norms = got.norm(dim=1)
+    if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+        return f"each row should have L2 norm 1 (got norms {[round(v, 3) for v in norms.tolist()]}): divide by its norm"
+    unsquared = torch.nn.functional.normalize(feat.abs().mean(1).flatten(1))
+    if torch.allclose(got, unsquared, atol=1e-5):
+        return "you used |A|, the paper uses |A|^p with p = 2: square the absolute values first"
+    return "the map differs from mean over channels of |A|^2, flattened and divided by its L2 norm"
 
 
 @register("07.3")
-def keep_channels(fn) -> str | None:
-    """fn(conv, n_keep) -> sorted indices of the n_keep filters with the largest L1 norm."""
-    problem = not_a_function(fn, "keep_channels")
+def distance_potentials(fn) -> str | None:
+    """fn(e (B, D)) -> (B*(B-1)/2,) ||e_i - e_j|| / mean distance, pairs i < j row by row."""
+    problem = not_a_function(fn, "distance_potentials")
     if problem:
         return problem
-    g = torch.Generator().manual_seed(7)
-    for c_in, c_out, n_keep in ((1, 8, 4), (8, 16, 5), (3, 6, 6), (4, 5, 1)):
-        conv = nn.Conv2d(c_in, c_out, 3, bias=False)
-        with torch.no_grad():
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
-            conv.weight[0] *= 3  # the first filter has the largest L1 norm but not the largest max |w|
-        before = conv.weight.detach().clone()
-        got = fn(conv, n_keep)
-        if got is None:
-            return "keep_channels returned None: did you forget `return`?"
-        try:
-            got = torch.as_tensor(got).flatten().tolist()
-        except (TypeError, ValueError, RuntimeError):
-            return f"keep_channels should return a tensor or list of indices, got {type(got).__name__}"
-        if not torch.equal(conv.weight.detach(), before):
-            return "keep_channels changed the convolution's weights; it should only read them"
-        norms = before.abs().sum(dim=(1, 2, 3))
-        want = sorted(torch.topk(norms, n_keep).indices.tolist())
-        if got != want:
-            if sorted(got) == want:
-                return f"right channels, wrong order: return them sorted ascending, e.g. {want}"
-            if len(got) != n_keep:
-                return f"asked to keep {n_keep} of {c_out} channels, you returned {len(got)} indices"
-            l2 = sorted(torch.topk(before.pow(2).sum(dim=(1, 2, 3)), n_keep).indices.tolist())
-            if got == l2 and l2 != want:
-                return "that ranks filters by the L2 norm; use the L1 norm, the sum of |w| over each filter"
-            return (f"for a conv with {c_out} filters, keeping {n_keep}, expected {want}, got {got}: rank each "
-                    "output filter weight[c] by the sum of its absolute values and keep the largest")
+    e = torch.randn(6, 4, generator=_gen(3), dtype=torch.float64)
+    i, j = torch.triu_indices(6, 6, 1)
+    d = (e[i] - e[j]).norm(dim=1)
+    expected = d / d.mean()
+    got = fn(e.clone())
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == (6, 6):
+        return ("you returned the full (B, B) matrix: keep the pairs i < j "
+                "(e.g. D[i, j] with i, j = torch.triu_indices(B, B, 1))")
+    problem = _tensor_result("distance_potentials(e)", got, expected.shape)
+    if problem:
+        return problem
+    got = got.to(expected.dtype)
+    if torch.allclose(got, expected, atol=1e-5):
+        return None
+    if torch.allclose(got, d, atol=1e-5):
+        return "these are the raw distances: divide them by their mean, mu"
+    if torch.allclose(got, d**2 / (d**2).mean(), atol=1e-5):
+        return "you used squared distances: take the square root (the Euclidean distance itself)"
+    if torch.allclose(got.sort().values, expected.sort().values, atol=1e-5):
+        return ("the values are right but in another order: list the pairs i < j row by row "
+                "(torch.triu_indices(B, B, 1))")
+    return "the potentials differ from ||e_i - e_j|| / mu over the pairs i < j, with mu the mean of those distances"
+
+
+@register("07.4")
+def dkd_parts(fn) -> str | None:
+    """fn(student_logits, teacher_logits, labels, T) -> (tckd (B,), nckd (B,)), each with the T^2 factor."""
+    from ..features import dkd_terms
+
+    problem = not_a_function(fn, "dkd_parts")
+    if problem:
+        return problem
+    g = _gen(4)
+    z, v = 3 * torch.randn(5, 6, generator=g), 3 * torch.randn(5, 6, generator=g)
+    y = torch.tensor([0, 5, 2, 2, 3])
+    T = 4.0
+    tckd, nckd, _ = dkd_terms(z, v, y, T)
+    got = fn(z.clone(), v.clone(), y.clone(), T)
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return f"return a pair (tckd, nckd), got {type(got).__name__}"
+    for name, g_, e_ in (("tckd", got[0], tckd), ("nckd", got[1], nckd)):
+        if isinstance(g_, torch.Tensor) and g_.ndim == 0:
+            return f"{name} is a single number: return one value per example, shape (B,)"
+        problem = _tensor_result(name, g_, e_.shape)
+        if problem:
+            return problem
+        if torch.allclose(g_, e_ / T**2, atol=1e-5) and not torch.allclose(g_, e_, atol=1e-5):
+            return f"{name} is T^2 = {T**2:g} times too small: multiply by T**2"
+        if not torch.allclose(g_, e_, atol=1e-4):
+            if torch.allclose(got[0], nckd, atol=1e-4) and torch.allclose(got[1], tckd, atol=1e-4):
+                return "tckd and nckd are swapped: the first is the binary (target vs rest) KL"
+            hint = ("the KL between (p_t, 1 - p_t) of teacher and student" if name == "tckd" else
+                    "the KL between the softmaxes over the non-target classes only")
+            return f"{name} differs from {hint}, at temperature T and times T^2"
     return None

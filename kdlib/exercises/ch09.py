@@ -1,128 +1,134 @@
-"""Checks for the exercises of notebooks/09_edge_export.ipynb."""
+"""Checks for the exercises of notebooks/09_quantization.ipynb."""
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
 import torch
-from torch import nn
 
 from . import not_a_function, register
 
 
-def _instance(answer, name: str):
-    """The reader's module: an instance, or an instance built from a class. Returns (module, problem)."""
-    if isinstance(answer, type) and issubclass(answer, nn.Module):
-        try:
-            answer = answer()
-        except TypeError as err:
-            return None, f"{name}() should need no arguments ({err})"
-    if not isinstance(answer, nn.Module):
-        return None, f"pass your class {name} (an nn.Module), got a {type(answer).__name__}"
-    return answer, None
+def _cases() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(8)
+    return [torch.tensor([-1.0, 0.25, 0.5, 2.0]), torch.randn(50, generator=g) * 3,
+            torch.rand(4, 6, generator=g) + 0.1, torch.tensor([-0.7, -0.2])]
+
+
+def _is_tensor(name: str, got, shape) -> str | None:
+    if got is None:
+        return "your function returned None: did you forget `return`?"
+    if not isinstance(got, torch.Tensor):
+        return f"{name} should be a torch.Tensor, got {type(got).__name__}"
+    if tuple(got.shape) != tuple(shape):
+        return f"{name} should have shape {tuple(shape)}, got {tuple(got.shape)}"
+    return None
 
 
 @register("09.1")
-def gate_exportable(answer) -> str | None:
-    """answer: an nn.Module class (or instance) computing 2x if x.mean() > 0 else x, exportably."""
-    from ..export import capture
+def quantize_symmetric(fn) -> str | None:
+    """fn(x, num_bits) -> (q, scale): the symmetric per-tensor grid, zero point 0."""
+    from ..quant import quantize
 
-    model, problem = _instance(answer, "GateExportable")
-    if problem:
+    if problem := not_a_function(fn, "quantize_symmetric"):
         return problem
-    torch.manual_seed(0)
-    cases = [("a batch with a positive mean", torch.rand(2, 1, 4, 4) + 0.5),
-             ("a batch with a negative mean", -torch.rand(3, 1, 4, 4) - 0.5),
-             ("one image with a positive mean", torch.rand(1, 1, 4, 4))]
-    for what, x in cases:
-        want = 2 * x if x.mean() > 0 else x
-        with torch.no_grad():
-            got = model(x)
-        if got is None:
-            return "forward returned None: did you forget `return`?"
-        if not isinstance(got, torch.Tensor) or got.shape != x.shape:
-            return (f"for {what} of shape {tuple(x.shape)} forward should return a tensor of the same shape, "
-                    f"got {type(got).__name__}{'' if not isinstance(got, torch.Tensor) else tuple(got.shape)}")
-        if not torch.allclose(got, want):
-            return (f"for {what} forward should return {'2 * x' if x.mean() > 0 else 'x unchanged'}; "
-                    "it does not")
-    try:
-        capture(model, cases[0][1])
-    except ValueError:
-        return ("the results are right, but torch.export still refuses the model: replace the Python `if` "
-                "by a tensor operation such as torch.where(x.mean() > 0, 2 * x, x)")
+    for x in _cases():
+        for bits in (8, 4, 2):
+            out = fn(x.clone(), bits)
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                return f"quantize_symmetric should return a pair (q, scale), got {type(out).__name__}"
+            q, scale = out
+            problem = _is_tensor("q", q, x.shape)
+            if problem:
+                return problem
+            try:
+                scale = float(scale)
+            except (TypeError, ValueError, RuntimeError):
+                return f"scale should be one number (per-tensor), got {type(scale).__name__}"
+            q_ref, s_ref, _ = quantize(x, bits, symmetric=True)
+            if abs(scale - s_ref.item()) > 1e-6 * max(1.0, s_ref.item()):
+                return (f"for {bits} bits and max|x| = {x.abs().max().item():.3g} the scale should be "
+                        f"max|x| / qmax = {s_ref.item():.5g}, got {float(scale):.5g} "
+                        f"(qmax = 2**(num_bits - 1) - 1 = {2 ** (bits - 1) - 1})")
+            if not torch.equal(q.detach().double().round().long(), q_ref.long()):
+                return (f"q differs from round(x / scale) clamped to [-qmax, qmax] for {bits} bits: "
+                        f"expected {q_ref.flatten()[:6].tolist()}..., got {q.flatten()[:6].tolist()}...")
     return None
 
 
 @register("09.2")
-def batch_reader(answer) -> str | None:
-    """answer: class BatchReader(name, X, batch_size) with get_next() -> {name: batch} or None."""
-    if not isinstance(answer, type):
-        return f"pass your class BatchReader itself, got a {type(answer).__name__}"
-    X = np.arange(7 * 2 * 3 * 3, dtype=np.float64).reshape(7, 2, 3, 3)
-    for batch_size in (3, 7, 10):
-        reader = answer("input", X, batch_size)
-        if not callable(getattr(reader, "get_next", None)):
-            return "BatchReader needs a method get_next(self)"
-        batches = []
-        for _ in range(len(X) + 2):  # never loop forever on a reader that does not stop
-            batch = reader.get_next()
-            if batch is None:
-                break
-            if not isinstance(batch, dict) or list(batch) != ["input"]:
-                return (f"get_next should return a dict with one key, the input name 'input', "
-                        f"got {batch!r:.80}")
-            batches.append(batch["input"])
-        else:
-            return f"with {len(X)} examples and batch_size={batch_size}, get_next never returned None"
-        want = -(-len(X) // batch_size)
-        if len(batches) != want:
-            return (f"with {len(X)} examples and batch_size={batch_size} there should be {want} batches, "
-                    f"got {len(batches)}")
-        if not all(isinstance(b, np.ndarray) and b.dtype == np.float32 for b in batches):
-            return "each batch should be a NumPy array of dtype float32 (use X.astype('float32'))"
-        if not np.array_equal(np.concatenate(batches), X.astype(np.float32)):
-            return "the batches, put end to end, should give back X in order"
-        if reader.get_next() is not None:
-            return "once the data are used up, get_next should keep returning None"
+def fake_quant_ste(fn) -> str | None:
+    """fn(x, scale, qmin, qmax) -> fake-quantized x with the straight-through gradient."""
+    from ..quant import fake_quantize
+
+    if problem := not_a_function(fn, "fake_quant_ste"):
+        return problem
+    x = torch.linspace(-2.0, 2.0, 41, requires_grad=True)
+    y = fn(x, 0.25, -3, 3)
+    problem = _is_tensor("the output", y, x.shape)
+    if problem:
+        return problem
+    ref = fake_quantize(x.detach(), 3, symmetric=True, scale=torch.tensor(0.25), zero_point=torch.tensor(0))
+    if not torch.allclose(y.detach().float(), ref, atol=1e-6):
+        return ("the forward pass should be (clamp(round(x / scale), qmin, qmax)) * scale: "
+                f"at x = 1.0 expected {ref[30].item():.3g}, got {y[30].item():.3g}")
+    if not y.requires_grad:
+        return "no gradient flows through your output: keep x in the graph (e.g. x + (x_q - x).detach())"
+    y.sum().backward()
+    inside = (torch.round(x.detach() / 0.25) >= -3) & (torch.round(x.detach() / 0.25) <= 3)
+    if x.grad is None or not torch.allclose(x.grad, inside.float()):
+        return ("the gradient should be 1 where x is inside the grid and 0 where it was clipped "
+                "(here |x| > 0.875); multiply the pass-through by that mask")
     return None
 
 
-def _arena_reference(model: nn.Sequential, x: torch.Tensor, bytes_per_value: int) -> int:
-    largest = 0
-    with torch.no_grad():
-        for layer in model:
-            y = layer(x)
-            largest = max(largest, (x.numel() + y.numel()) * bytes_per_value)
-            x = y
-    return largest
-
-
 @register("09.3")
-def arena_bytes(fn) -> str | None:
-    """fn(model, example_input, bytes_per_value=4) -> largest input + output bytes of one layer."""
-    from ..models import StudentCNN, TeacherCNN
+def per_channel_scales(fn) -> str | None:
+    """fn(w, num_bits) -> (C_out,) symmetric scales, one per output channel (axis 0)."""
+    from ..quant import compute_qparams, minmax_range
 
-    if problem := not_a_function(fn, "arena_bytes"):
+    if problem := not_a_function(fn, "per_channel_scales"):
         return problem
-    torch.manual_seed(0)
-    cases = [("a StudentCNN on one 1x8x8 image", StudentCNN((1, 8, 8), width=4).eval(), torch.zeros(1, 1, 8, 8), 4),
-             ("the same in int8 (1 byte per value)", StudentCNN((1, 8, 8), width=4).eval(),
-              torch.zeros(1, 1, 8, 8), 1),
-             ("a StudentCNN on a batch of 3", StudentCNN((1, 8, 8), width=4).eval(), torch.zeros(3, 1, 8, 8), 4),
-             ("a small TeacherCNN", TeacherCNN((1, 8, 8), width=4, hidden=8).eval(), torch.zeros(1, 1, 8, 8), 4)]
-    for what, model, x, nbytes in cases:
-        got = fn(model, x, nbytes)
+    g = torch.Generator().manual_seed(3)
+    for w in (torch.randn(4, 2, 3, 3, generator=g) * torch.tensor([0.1, 1.0, 3.0, 0.5]).view(4, 1, 1, 1),
+              torch.randn(10, 7, generator=g)):
+        for bits in (8, 4):
+            got = fn(w.clone(), bits)
+            problem = _is_tensor("the scales", got, (w.shape[0],))
+            if problem:
+                return problem + " (one scale per output channel)"
+            ref, _ = compute_qparams(*minmax_range(w, axis=0), bits, symmetric=True)
+            if not torch.allclose(got.float(), ref, rtol=1e-5):
+                return (f"channel 0 of a weight with max|w| = {w[0].abs().max().item():.3g} should get "
+                        f"scale {ref[0].item():.4g} at {bits} bits, got {got[0].item():.4g}: "
+                        "take max|w| over every axis except 0, then divide by qmax")
+    return None
+
+
+@register("09.4")
+def mse_clip(fn) -> str | None:
+    """fn(x, num_bits, candidates) -> the clipping value c (from candidates) whose
+    symmetric grid [-c, c] gives the smallest mean squared error."""
+    from ..quant import compute_qparams, fake_quantize
+
+    if problem := not_a_function(fn, "mse_clip"):
+        return problem
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.randn(500, generator=g), torch.tensor([9.0])])
+    candidates = [1.0, 2.0, 3.0, 4.5, 6.0, 9.0]
+    for bits in (4, 3, 8):
+        got = fn(x.clone(), bits, list(candidates))
         if got is None:
-            return "arena_bytes returned None: did you forget `return`?"
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return f"arena_bytes should return a number of bytes, got {type(got).__name__}"
-        want = _arena_reference(model, x, nbytes)
-        if got != want:
-            hint = ("multiply the number of values by bytes_per_value" if got * nbytes == want and nbytes > 1
-                    else "for each layer add the numel() of its input and of its output, times "
-                    "bytes_per_value, and keep the largest")
-            return f"for {what} you returned {got}, expected {want}: {hint}"
+            return "mse_clip returned None: did you forget `return`?"
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return f"mse_clip should return one of the candidates (a number), got {type(got).__name__}"
+        errs = []
+        for c in candidates:
+            s, z = compute_qparams(-c, c, bits, symmetric=True)
+            errs.append((fake_quantize(x, bits, symmetric=True, scale=s, zero_point=z) - x).pow(2).mean().item())
+        best = candidates[min(range(len(errs)), key=errs.__getitem__)]
+        if got not in candidates:
+            return f"mse_clip should return one of the candidates {candidates}, got {got}"
+        if got != best:
+            return (f"at {bits} bits clipping at {got} gives MSE {errs[candidates.index(got)]:.4f}, but {best} "
+                    f"gives {min(errs):.4f}: try every candidate and keep the smallest error")
     return None

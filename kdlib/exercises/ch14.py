@@ -1,4 +1,4 @@
-"""Checks for the exercises of notebooks/11_pitfalls.ipynb."""
+"""Checks for the exercises of notebooks/14_pitfalls.ipynb."""
 from __future__ import annotations
 
 import copy
@@ -19,7 +19,7 @@ def _bool_result(name: str, got) -> str | None:
     return None
 
 
-@register("11.1")
+@register("14.1")
 def looks_like_probs(fn) -> str | None:
     """fn(x (B, K)) -> True when every row is in [0, 1] and sums to 1 (within 1e-4)."""
     if problem := not_a_function(fn, "looks_like_probs"):
@@ -56,7 +56,7 @@ def _has_dropout_and_bn() -> nn.Module:
                          nn.Dropout(0.5), nn.Linear(4 * 6 * 6, 3)).train()
 
 
-@register("11.2")
+@register("14.2")
 def freeze_teacher(fn) -> str | None:
     """fn(teacher) -> the same teacher, in eval mode, with no parameter requiring grad."""
     if problem := not_a_function(fn, "freeze_teacher"):
@@ -89,7 +89,7 @@ def _features() -> nn.Sequential:
                          nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
 
 
-@register("11.3")
+@register("14.3")
 def head_for(fn) -> str | None:
     """fn(features, input_shape, num_classes) -> nn.Linear sized for features' output at input_shape."""
     if problem := not_a_function(fn, "head_for"):
