@@ -25,6 +25,17 @@ WORKFLOW_STEPS = (
 WORKFLOW_NEXT = "then compress and ship: prune (Ch. 8), quantize (Ch. 9), export (Ch. 10)"
 
 
+BOOK_STYLE: dict = {}  # matplotlib settings every chapter's figures share (kdlib.chapter.begin applies them)
+
+
+def use_book_style() -> None:
+    """Apply the book's figure settings (`BOOK_STYLE`) to matplotlib.
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    plt.rcParams.update(BOOK_STYLE)
+
+
 def _axes(ax, figsize) -> tuple[Figure, plt.Axes]:
     """The figure and axes to draw on: `ax` and its figure, or a new pair."""
     if ax is None:
