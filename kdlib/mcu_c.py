@@ -18,7 +18,6 @@ libnewlib-arm-none-eabi qemu-system-arm`.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ import numpy as np
 
 from .mcu import QModel, _check_model, _int_array, plan_arena
 from .utils import asset_path, atomic_write_text
-from .validation import check_choice, check_int, check_path
+from .validation import check_choice, check_path
 
 APT_INSTALL = "apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 ARM_GCC, ARM_SIZE, ARM_NM, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "arm-none-eabi-nm", "qemu-system-arm"
@@ -93,7 +92,7 @@ def c_source(model: QModel, *, requant: str = "fixed", source: str = "") -> str:
     """A self-contained C file for an int8 `QModel`: weights, kernels, arena and `kd_run`.
 
     Args:
-        model: from `kdlib.mcu.read_int8_onnx`.
+        model: from `kdlib.mcu_onnx.read_int8_onnx`.
         requant: "fixed" (the integers of ONNX Runtime, `kdlib.mcu`'s default) or "gemmlowp"
             (TFLite Micro's and CMSIS-NN's rounding).
         source: a note for the header comment (e.g. the ONNX file's name).

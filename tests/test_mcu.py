@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from kdlib import export, mcu, mcu_c, zoo  # noqa: E402
+from kdlib import export, mcu, mcu_c, mcu_onnx, zoo  # noqa: E402
 from kdlib.data import as_tensors, load_dataset  # noqa: E402
 
 N_CALIB = 128
@@ -39,13 +39,13 @@ def files(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mcu")
     student = zoo.load_student("mnist5k", ds=data["ds"], verbose=False)
     fp32 = export.to_onnx(student, data["X"][:1], folder / "student.onnx")
-    return {"fp32": fp32, "int8": mcu.quantize_onnx_int8(fp32, folder / "student_int8.onnx",
+    return {"fp32": fp32, "int8": mcu_onnx.quantize_onnx_int8(fp32, folder / "student_int8.onnx",
                                                          calibration=data["calibration"])}
 
 
 @pytest.fixture(scope="module")
 def model(files):
-    return mcu.read_int8_onnx(files["int8"])
+    return mcu_onnx.read_int8_onnx(files["int8"])
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +172,9 @@ def test_clear_errors(model, Xq, files, tmp_path):
     with pytest.raises(TypeError, match="QModel"):
         mcu.run_int8("model.onnx", Xq)
     with pytest.raises(ValueError, match="not an int8 model"):
-        mcu.read_int8_onnx(files["fp32"])
+        mcu_onnx.read_int8_onnx(files["fp32"])
     with pytest.raises(FileNotFoundError, match="quantize_onnx_int8"):
-        mcu.read_int8_onnx(tmp_path / "missing.onnx")
+        mcu_onnx.read_int8_onnx(tmp_path / "missing.onnx")
     with pytest.raises(ValueError, match="real multiplier"):
         mcu.quantize_multiplier(-0.5)
     with pytest.raises(ValueError, match="finite"):
