@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlib.data import load_dataset, make_loader
-from kdlib.train import cache_teacher_logits, distill
+from kdlib.train import cache_teacher_outputs, distill
 from kdlib.zoo import DISTILL_RECIPE, load_teacher, make_scarce_student, scarce_data
 
 
@@ -59,7 +59,7 @@ def hand_written_epochs(student, loader, *, num_epochs: int, lr: float, T: float
 
 def kdlib_epochs(student, teacher, loader, *, num_epochs: int, lr: float, T: float, alpha: float, seed: int):
     """The same epochs through `kdlib.train.distill`; returns (losses, seconds) per epoch."""
-    h = distill(student, teacher, loader, T=T, alpha=alpha, num_epochs=num_epochs, lr=lr, cache_logits=True,
+    h = distill(student, teacher, loader, T=T, alpha=alpha, num_epochs=num_epochs, lr=lr, cache_teacher=True,
                 progress=False, seed=seed)
     return h.train_loss, h.epoch_time_s
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ds = load_dataset("mnist5k")
     teacher = load_teacher("mnist5k", ds=ds, verbose=False)
     _, transfer = scarce_data(ds, r)
-    loader = cache_teacher_logits(teacher, make_loader(transfer, r.batch_size, shuffle=True))
+    loader = cache_teacher_outputs(teacher, make_loader(transfer, r.batch_size, shuffle=True))
     kw = dict(num_epochs=args.epochs, lr=r.lr, T=r.T, alpha=r.alpha, seed=0)
 
     def fresh():

@@ -43,7 +43,7 @@ def variants(model, x1) -> dict:
             "50% channels": channel_prune(model, 0.5, x1)}
 
 
-def measure(name: str, models: dict, x1, rounds: int, repeats: int) -> dict:
+def measure_models(name: str, models: dict, x1, rounds: int, repeats: int) -> dict:
     lat = measure.compare_latency({k: (lambda m=m: m(x1)) for k, m in models.items()}, rounds=rounds,
                                 repeats=repeats)
     rows = {}
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     x1 = torch.zeros(1, *ds.input_shape)
     teacher = load_teacher("mnist5k", ds=ds, verbose=False)
     student = load_student("mnist5k", ds=ds, verbose=False)
-    t = measure("teacher", variants(teacher, x1), x1, args.rounds, 20)
-    measure("student", variants(student, x1), x1, args.rounds, 100)
+    t = measure_models("teacher", variants(teacher, x1), x1, args.rounds, 20)
+    measure_models("student", variants(student, x1), x1, args.rounds, 100)
     d = t["dense"]
     figures = {}
     for key, kind in (("unstructured", "90% zeros"), ("structured", "50% channels")):

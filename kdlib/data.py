@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .validation import UNLABELLED, check_number, check_tensor
+
 OFFLINE_DATASETS = ("mnist5k", "digits")
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASETS = OFFLINE_DATASETS + TORCHVISION_DATASETS
@@ -323,6 +325,60 @@ def random_shift_rotate(X: torch.Tensor, *, max_shift: int = 2, max_degrees: flo
     background = X.amin(dim=(1, 2, 3), keepdim=True)  # the standardised value of a black pixel
     out = torch.nn.functional.grid_sample(X - background, grid, align_corners=False, padding_mode="zeros")
     return out + background
+
+
+def mixup(X: torch.Tensor, concentration: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mix every image of a batch with another one of the same batch (Zhang et al. 2018, mixup):
+
+        X_mixed = lam * X + (1 - lam) * X[perm],   lam ~ Beta(concentration, concentration)
+
+    with one lam and one random permutation `perm` per batch, drawn from torch's global
+    random number generator (seeded by `kdlib.utils.seed_everything`). A loss on the mixed
+    batch mixes the two labels' losses with the same weights: lam * L(y) + (1 - lam) * L(y[perm]).
+    Beyer et al. (2022) distil on such mixed images ("function matching"): the teacher
+    labels each mixed image itself, so no label needs mixing.
+
+    Args:
+        X: (B, ...) a batch.
+        concentration: a in [0.001, 1000] of the Beta(a, a) distribution; 1 draws lam uniformly in [0, 1].
+    Returns:
+        (X_mixed (B, ...), perm (B,), lam).
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+    check_tensor(X, "X", floating=True, ndim=tuple(range(1, 9)), shape_hint="(B, ...), a batch")
+    a = check_number(concentration, "concentration", low=1e-3, high=1e3,
+                     hint="1.0 draws the mixing weight uniformly; mixup papers use 0.1 to 1")
+    lam = float(torch.distributions.Beta(a, a).sample())
+    perm = torch.randperm(X.shape[0], device=X.device)
+    return lam * X + (1 - lam) * X[perm], perm, lam
+
+
+def partially_labelled(dataset: Dataset, labelled: Subset) -> TensorDataset:
+    """A transfer set: every example of `dataset`, with its label kept only where the example
+    is in `labelled` and `UNLABELLED` (-1) elsewhere.
+
+    `kdlib.train.distill` uses the teacher's soft targets on all the examples and the labels
+    where there are some: Hinton et al.'s transfer set, with the unlabelled images that a
+    data-scarce project usually has.
+
+    Args:
+        dataset: N examples (X, y).
+        labelled: a `Subset` of `dataset` (e.g. `labelled_subset(dataset, 1000)`).
+    Returns:
+        a TensorDataset of X (N, C, H, W) and y (N,), int64, -1 where unlabelled.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    if not isinstance(labelled, Subset):
+        raise TypeError(f"labelled must be a Subset of dataset, e.g. kdlib.data.labelled_subset(dataset, 1000); "
+                        f"got {type(labelled).__name__}")
+    if labelled.dataset is not dataset:
+        raise ValueError("labelled must be a Subset of the same dataset, e.g. kdlib.data.labelled_subset(dataset, 1000)")
+    X, y = as_tensors(dataset)
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    keep[torch.as_tensor(list(labelled.indices), dtype=torch.long)] = True
+    return TensorDataset(X, torch.where(keep, y.long(), torch.full_like(y.long(), UNLABELLED)))
 
 
 def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rotate, seed: int = 0) -> TensorDataset:

@@ -15,13 +15,7 @@ and intermediate files live in a temporary folder that is removed.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
-import logging
 import os
-import stat
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -30,123 +24,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import atomic_write_bytes
+from .quiet import held_diagnostics, native_stderr_silenced, quiet_import  # noqa: F401 (re-exported)
+from .utils import check_existing_file, check_new_file, eval_mode, write_file
+from .validation import (check_bool, check_choice, check_int, check_list, check_model, check_number, check_path,
+                         check_tensor)
 
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis of an ONNX export
 
 
 # ---------------------------------------------------------------- checks
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
 def _check_input(example_input) -> torch.Tensor:
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor of one batch, e.g. torch.zeros(1, 1, 28, 28), "
                         f"got {type(example_input).__name__}")
-    if example_input.ndim < 1 or example_input.shape[0] < 1 or not example_input.is_floating_point():
+    check_tensor(example_input, "example_input", floating=True, finite=False, nonempty=False)
+    if example_input.ndim < 1 or example_input.shape[0] < 1:
         raise ValueError("example_input must be a float tensor with a batch axis first, e.g. (1, C, H, W); "
-                         f"got dtype {example_input.dtype} and shape {tuple(example_input.shape)}")
+                         f"got shape {tuple(example_input.shape)}")
     return example_input.detach().cpu()
 
 
-def _folder_is_writable(folder: Path) -> bool:
-    # Root passes os.access on any folder, so also honour the folder's own
-    # permission bits: a folder marked read-only is never written to.
-    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 def _check_dest(path, suffix: str, overwrite: bool) -> Path:
-    """Check that `path` can be written: folder exists and is writable, the
-    suffix is right, and an existing file is only replaced with overwrite=True."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
-    path = Path(path)
-    if path.suffix != suffix:
-        raise ValueError(f"{path} should end in {suffix} (the runtimes pick the format from the suffix)")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; "
-                                "create it first, e.g. Path(folder).mkdir(parents=True)")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name ending in {suffix}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
-    if not _folder_is_writable(path.parent):
-        raise PermissionError(f"cannot write {path}: the folder {path.parent} is read-only; "
-                              "choose a folder you can write to")
-    return path
-
-
-def _write(path: Path, data: bytes) -> Path:
-    """Write atomically, turning a low-level OS error into a clear one."""
-    try:
-        return atomic_write_bytes(path, data)
-    except OSError as err:
-        raise PermissionError(f"cannot write {path}: {err.strerror or err}; "
-                              "choose a folder you can write to") from None
+    return check_new_file(path, suffix, overwrite=overwrite)
 
 
 def _check_source(path, suffix: str) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; export it first")
-    if path.suffix != suffix:
-        raise ValueError(f"{path} should be a {suffix} file")
-    return path
+    return check_existing_file(path, suffix)
 
 
-# ---------------------------------------------------------------- quiet
-class _HoldRecords(logging.Filter):
-    """A logging filter that keeps records back instead of letting them through."""
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record):
-        self.records.append(record)
-        return False
-
-
-class _Held:
-    """What `_held_diagnostics` keeps back; set `.replay = False` to discard it."""
-
-    replay = True
-
-
-@contextlib.contextmanager
-def _held_diagnostics(*logger_names: str, drop: str | None = None):
-    """Hold back the records of the named loggers and what Python code prints to
-    stderr; afterwards replay them (all log records but those whose message
-    contains `drop`), unless the block set `.replay = False` on what it got."""
-    state, printed = _Held(), io.StringIO()
-    holds = {name: _HoldRecords() for name in logger_names}
-    for name, hold in holds.items():
-        logging.getLogger(name).addFilter(hold)
-    try:
-        with contextlib.redirect_stderr(printed):
-            yield state
-    finally:
-        for name, hold in holds.items():
-            logger = logging.getLogger(name)
-            logger.removeFilter(hold)
-            for record in hold.records if state.replay else ():
-                if drop is None or drop not in record.getMessage():
-                    logger.handle(record)
-        if state.replay:
-            sys.stderr.write(printed.getvalue())
-
-
-def _quiet_import(name: str):
-    """Import an ExecuTorch module. Importing it registers a torchao enum with
-    torch's pytree, which logs a deprecation notice meant for torchao's
-    developers (not for our readers); that one notice is dropped."""
-    with _held_diagnostics("torch.utils._pytree", drop="register_constant() on Enum subclasses"):
-        return importlib.import_module(name)
+_write = write_file
 
 
 # ---------------------------------------------------------------- capture
@@ -169,18 +75,16 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: boo
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    _check_model(model)
+    check_model(model)
     x = _check_input(example_input)
     shapes = None
     if dynamic_batch:
         x = x[:1].expand(2, *x.shape[1:]).contiguous()
         shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         # On failure torch.export prints the partial graph to stderr and logs warnings
         # about its symbols; the one clear error below replaces them.
-        with _held_diagnostics("torch.fx.experimental.symbolic_shapes") as held:
+        with held_diagnostics("torch.fx.experimental.symbolic_shapes") as held:
             try:
                 return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
             except Exception as err:  # torch.export raises many types; report the first line only
@@ -192,8 +96,6 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: boo
                     "model runs the same operations for every input: no Python `if` on tensor values, "
                     "no .item()/.numpy(), outputs that are tensors."
                 ) from None
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------- ONNX
@@ -235,8 +137,7 @@ def onnx_session(path, threads: int = 1):
     import onnxruntime as ort
 
     path = _check_source(path, ".onnx")
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    check_int(threads, "threads", low=1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -266,8 +167,7 @@ def run_onnx(session, X, *, batch_size: int = 256) -> torch.Tensor:
     if not (callable(getattr(session, "run", None)) and callable(getattr(session, "get_inputs", None))):
         raise TypeError("session must be an onnxruntime.InferenceSession (see onnx_session) or an .onnx path, "
                         f"got {type(session).__name__}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size", low=1)
     X = _as_numpy(X)
     spec = session.get_inputs()[0]
     _check_shape(X, spec.shape)
@@ -355,16 +255,12 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if mode not in ("static", "dynamic"):
-        raise ValueError(f'mode must be "static" or "dynamic", got {mode!r}')
-    if not isinstance(keep_first_conv, bool):
-        raise TypeError(f"keep_first_conv must be True or False, got {keep_first_conv!r}")
+    check_choice(mode, "mode", ("static", "dynamic"))
+    check_bool(keep_first_conv, "keep_first_conv")
     if op_types is not None:
-        if (isinstance(op_types, str) or not isinstance(op_types, (tuple, list)) or not op_types
-                or not all(isinstance(t, str) and t for t in op_types)):
-            raise ValueError(f'op_types must be None or a non-empty list of ONNX operator names such as '
-                             f'("Gemm", "MatMul", "Conv"), got {op_types!r}')
-        op_types = list(op_types)
+        op_types = check_list(op_types, "op_types", of=str, hint='ONNX operator names such as ("Gemm", "MatMul")')
+        if not all(op_types):
+            raise ValueError(f"op_types must be ONNX operator names such as ('Gemm', 'MatMul'), got {op_types!r}")
     src = _check_source(src, ".onnx")
     dst = _check_dest(dst, ".onnx", overwrite)
     if mode == "static":
@@ -421,7 +317,7 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    xnnpack_quantizer = _quiet_import("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    xnnpack_quantizer = quiet_import("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
     XNNPACKQuantizer = xnnpack_quantizer.XNNPACKQuantizer
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -466,8 +362,8 @@ def to_executorch(model: nn.Module, example_input: torch.Tensor, path, *, overwr
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    XnnpackPartitioner = _quiet_import("executorch.backends.xnnpack.partition.xnnpack_partitioner").XnnpackPartitioner
-    to_edge_transform_and_lower = _quiet_import("executorch.exir").to_edge_transform_and_lower
+    XnnpackPartitioner = quiet_import("executorch.backends.xnnpack.partition.xnnpack_partitioner").XnnpackPartitioner
+    to_edge_transform_and_lower = quiet_import("executorch.exir").to_edge_transform_and_lower
 
     path = _check_dest(path, ".pte", overwrite)
     program = capture(model, example_input, dynamic_batch=False)
@@ -487,10 +383,9 @@ def executorch_method(path, threads: int = 1):
     Introduced in: notebooks/10_edge_export.ipynb
     """
     path = _check_source(path, ".pte")
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
-    Runtime = _quiet_import("executorch.runtime").Runtime
-    pool = _quiet_import("executorch.extension.pybindings.portable_lib")
+    check_int(threads, "threads", low=1)
+    Runtime = quiet_import("executorch.runtime").Runtime
+    pool = quiet_import("executorch.extension.pybindings.portable_lib")
     # The runtime logs its CPU detection and thread-pool size from C++; keep that out of the output.
     with native_stderr_silenced():
         if pool._threadpool_get_thread_count() != threads:
@@ -555,20 +450,15 @@ def check_parity(path, model: nn.Module, inputs: torch.Tensor, *, atol: float = 
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    _check_model(model)
+    check_model(model)
     inputs = torch.from_numpy(_as_numpy(inputs, "inputs"))
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
-        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
-    was_training = model.training
-    model.eval()
+    check_number(atol, "atol", low=0.0)
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             expected = model(inputs)
     except RuntimeError as err:
         raise ValueError(f"{type(model).__name__} cannot run on inputs of shape {tuple(inputs.shape)}: "
                          f"{str(err).strip().splitlines()[0][:200]}") from None
-    finally:
-        model.train(was_training)
     got = predict(path, inputs)
     if got.shape != expected.shape:
         raise ValueError(f"{Path(path).name} returns shape {tuple(got.shape)}, the model {tuple(expected.shape)}")
@@ -627,9 +517,7 @@ def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str,
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    if not isinstance(folder, (str, os.PathLike)):
-        raise TypeError(f"folder must be a str or Path, got {type(folder).__name__}")
-    folder = Path(folder)
+    folder = check_path(folder, "folder")
     if not isinstance(name, str) or not name or os.sep in name:
         raise ValueError(f"name must be a plain file stem such as 'teacher', got {name!r}")
     unknown = set(backends) - set(BACKENDS)
@@ -652,35 +540,3 @@ def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str,
         paths["executorch_int8"] = to_executorch(quantize_xnnpack(model, x, calibration),
                                                  x, folder / f"{name}_int8.pte", overwrite=overwrite)
     return paths
-
-
-class native_stderr_silenced:
-    """Context manager: hold back the runtimes' own messages while it is open
-    (ExecuTorch prints "Resetting threadpool", "Failed to open midr file", ...).
-    They reach file descriptor 2 from C++, or Python's `sys.stderr` when the
-    runtime routes its log through Python (it does inside Jupyter), so both are
-    held. If the block raises, the held text is written out after it closes,
-    so nothing is lost when something fails.
-
-    Introduced in: notebooks/13_capstone.ipynb
-    """
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        self._held = tempfile.TemporaryFile()  # unnamed: nothing to clean up
-        os.dup2(self._held.fileno(), 2)
-        self._printed = io.StringIO()
-        self._redirect = contextlib.redirect_stderr(self._printed)
-        self._redirect.__enter__()
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        self._redirect.__exit__(exc_type, *exc)
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        if exc_type is not None:
-            self._held.seek(0)
-            sys.stderr.write(self._held.read().decode("utf-8", "replace") + self._printed.getvalue())
-        self._held.close()
-        return False

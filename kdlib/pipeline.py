@@ -32,7 +32,7 @@ from torch import nn
 from . import export, measure, prune
 from .data import DatasetSplits, as_tensors, augmented_copies, load_dataset, make_loader
 from .models import StudentCNN, TeacherCNN
-from .train import cache_teacher_logits, distill, evaluate
+from .train import cache_teacher_outputs, distill, evaluate
 from .utils import atomic_write_bytes, atomic_write_text, load_checkpoint, save_checkpoint, seed_everything, \
     sha256_file
 from .zoo import load_teacher
@@ -378,13 +378,13 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
         copies = augmented_copies(ds.train, config.copies, seed=config.seed)
         log(f"[distill] the teacher's logits on {len(copies):,} images ({config.copies} versions of each "
             f"training image), computed once")
-        return cache_teacher_logits(teacher, make_loader(copies, 128, shuffle=True, seed=config.seed))
+        return cache_teacher_outputs(teacher, make_loader(copies, 128, shuffle=True, seed=config.seed))
 
     def do_distill():
         seed_everything(config.seed)
         student = _student(config, ds)
         distill(student, teacher, transfer_loader(), T=config.T, alpha=config.alpha,
-                num_epochs=config.distill_epochs, lr=config.lr, cache_logits=True, progress=progress,
+                num_epochs=config.distill_epochs, lr=config.lr, cache_teacher=True, progress=progress,
                 seed=config.seed)
         _save(student, out / "student.pt")
         return {}
@@ -402,7 +402,7 @@ def run_pipeline(out, config: PipelineConfig = PipelineConfig(), *, force: bool 
         pruned = pruned_shell()
         if config.finetune_epochs:
             distill(pruned, teacher, transfer_loader(), T=config.T, alpha=config.alpha,
-                    num_epochs=config.finetune_epochs, lr=config.lr / 5, cache_logits=True, progress=progress,
+                    num_epochs=config.finetune_epochs, lr=config.lr / 5, cache_teacher=True, progress=progress,
                     seed=config.seed)
         _save(pruned, out / "pruned.pt")
         return {}

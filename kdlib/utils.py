@@ -1,7 +1,7 @@
 """Seeding, devices, atomic writes, checksummed checkpoints and the files shipped with kdlib.
 
-The bottom layer of kdlib: everything else may import from here, and this
-module imports nothing from the rest of kdlib.
+The bottom layer of kdlib with `validation`: everything else may import from here, and this
+module imports nothing from the rest of kdlib but `validation`.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from .validation import check_model, check_path
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -61,13 +64,64 @@ def eval_mode(model: nn.Module):
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    modes = [(m, m.training) for m in model.modules()]
+    modes = [(m, m.training) for m in check_model(model).modules()]
     model.eval()
     try:
         yield model
     finally:
         for m, training in modes:
             m.training = training
+
+
+def _folder_is_writable(folder: Path) -> bool:
+    # Root passes os.access on any folder, so also honour the folder's own permission bits:
+    # a folder marked read-only is never written to.
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_new_file(path, suffix: str | None = None, *, overwrite: bool = False) -> Path:
+    """`path` as a Path that can be written: its folder exists and is writable, it ends in
+    `suffix` (when given), and an existing file is only replaced with `overwrite=True`.
+
+    Introduced in: notebooks/10_edge_export.ipynb
+    """
+    path = check_path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise ValueError(f"{path} should end in {suffix} (the runtimes pick the format from the suffix)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; "
+                                "create it first, e.g. Path(folder).mkdir(parents=True)")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name"
+                                + (f" ending in {suffix}" if suffix else ""))
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+    if not _folder_is_writable(path.parent):
+        raise PermissionError(f"cannot write {path}: the folder {path.parent} is read-only; "
+                              "choose a folder you can write to")
+    return path
+
+
+def check_existing_file(path, suffix: str | None = None) -> Path:
+    """`path` as a Path to an existing file (ending in `suffix`, when given).
+
+    Introduced in: notebooks/10_edge_export.ipynb
+    """
+    path = check_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist" + ("; export it first" if suffix else "")
+                                if not path.is_dir() else f"{path} is a folder, not a file")
+    if suffix is not None and path.suffix != suffix:
+        raise ValueError(f"{path} should be a {suffix} file")
+    return path
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """`atomic_write_bytes`, turning a low-level OS error into a clear one."""
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {err.strerror or err}; choose a folder you can write to") from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+UNLABELLED = -1  # the label of a transfer-set example whose label the student may not see
+
 
 def _hint(hint: str) -> str:
     return f"; {hint}" if hint else ""
@@ -71,9 +73,9 @@ def check_int(x, name: str, *, low: int | None = None, high: int | None = None, 
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"{name} must be an int, got {_type_name(x)}{_hint(hint)}")
     if (low is not None and x < low) or (high is not None and x > high):
-        where = (f"in [{low}, {high}]" if low is not None and high is not None
-                 else f">= {low}" if low is not None else f"<= {high}")
-        raise ValueError(f"{name} must be an int {where}, got {x}{_hint(hint)}")
+        where = (f"an int in [{low}, {high}]" if low is not None and high is not None
+                 else "a positive int" if low == 1 else f"an int >= {low}" if low is not None else f"an int <= {high}")
+        raise ValueError(f"{name} must be {where}, got {x}{_hint(hint)}")
     return x
 
 
@@ -103,11 +105,12 @@ def check_model(model, name: str = "model") -> nn.Module:
     return model
 
 
-def check_callable(fn, name: str, *, hint: str = "") -> object:
-    """`fn` itself; TypeError unless it is a function (or other callable) that is not a model or a class."""
-    if isinstance(fn, nn.Module) or isinstance(fn, type) or not callable(fn):
-        raise TypeError(f"{name} must be a function, got {_type_name(fn) if not isinstance(fn, type) else fn.__name__}"
-                        f"{_hint(hint)}")
+def check_callable(fn, name: str, *, allow_module: bool = False, hint: str = "") -> object:
+    """`fn` itself; TypeError unless it is a function (or other callable). A class is refused,
+    and so is a model unless `allow_module` (a loss with parameters, such as FitNetsHint)."""
+    if isinstance(fn, type) or (isinstance(fn, nn.Module) and not allow_module) or not callable(fn):
+        got = fn.__name__ if isinstance(fn, type) else _type_name(fn)
+        raise TypeError(f"{name} must be a function, got {got}{_hint(hint)}")
     return fn
 
 
@@ -160,7 +163,7 @@ def check_labels(labels, name: str = "labels", *, n: int | None = None, num_clas
     if labels.ndim != 1 or (n is not None and labels.shape[0] != n):
         want = f"({n},)" if n is not None else "(N,)"
         raise ValueError(f"{name} must have shape {want}, got {tuple(labels.shape)}")
-    lowest = -1 if allow_unlabelled else 0
+    lowest = UNLABELLED if allow_unlabelled else 0
     if num_classes is not None and labels.numel():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < lowest or hi >= num_classes:

@@ -191,12 +191,12 @@ DISTILL_RECIPE = DistillRecipe()
 def scarce_data(ds: DatasetSplits, recipe: DistillRecipe = DISTILL_RECIPE):
     """The data-scarce setting of `recipe`: (labelled, transfer) where `labelled` is a
     stratified `Subset` of `recipe.num_labels` training images, and `transfer` holds every
-    training image with labels only on those (-1 elsewhere, see `kdlib.train.partially_labelled`).
+    training image with labels only on those (-1 elsewhere, see `kdlib.data.partially_labelled`).
 
     Introduced in: notebooks/05_distillation.ipynb
     """
     from .data import labelled_subset
-    from .train import partially_labelled
+    from .data import partially_labelled
 
     _check_splits(ds)
     _check_recipe(recipe, DistillRecipe)
@@ -233,16 +233,16 @@ def train_alone(student: nn.Module, labelled, recipe: DistillRecipe = DISTILL_RE
 def transfer_loader(teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE):
     """A loader over the recipe's transfer set, (X, y, teacher_logits): the `recipe.copies`
     versions of `transfer` when `recipe.augment`, else `transfer` itself, with the teacher's
-    logits computed once (`kdlib.train.cache_teacher_logits`). Share it between seeds.
+    logits computed once (`kdlib.train.cache_teacher_outputs`). Share it between seeds.
 
     Introduced in: notebooks/05_distillation.ipynb
     """
     from .data import augmented_copies
-    from .train import cache_teacher_logits
+    from .train import cache_teacher_outputs
 
     _check_recipe(recipe, DistillRecipe)
     data = augmented_copies(transfer, recipe.copies, seed=recipe.label_seed) if recipe.augment else transfer
-    return cache_teacher_logits(teacher, make_loader(data, recipe.batch_size, shuffle=True))
+    return cache_teacher_outputs(teacher, make_loader(data, recipe.batch_size, shuffle=True))
 
 
 def distill_scarce(student: nn.Module, teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE, *,
@@ -262,5 +262,5 @@ def distill_scarce(student: nn.Module, teacher: nn.Module, transfer, recipe: Dis
     _check_recipe(recipe, DistillRecipe)
     loader = transfer if isinstance(transfer, DataLoader) else transfer_loader(teacher, transfer, recipe)
     return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, num_epochs=recipe.num_epochs,
-                   lr=recipe.lr, weight_decay=recipe.weight_decay, cache_logits=True, val_loader=val_loader,
+                   lr=recipe.lr, weight_decay=recipe.weight_decay, cache_teacher=True, val_loader=val_loader,
                    progress=progress, seed=seed)

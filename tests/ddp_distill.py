@@ -10,13 +10,13 @@ import sys
 
 import torch
 
-from kdlib import data, models, train, utils
+from kdlib import data, distributed as dist, models, train, utils
 
 
 def main(out: str, global_batch: int) -> None:
     torch.set_num_threads(1)
     distributed = "RANK" in os.environ
-    device = train.init_distributed("gloo") if distributed else torch.device("cpu")
+    device = dist.init_distributed("gloo") if distributed else torch.device("cpu")
     world = torch.distributed.get_world_size() if distributed else 1
     ds = data.load_dataset("digits")
     loader = data.make_loader(ds.train, global_batch // world, shuffle=False)
@@ -26,7 +26,7 @@ def main(out: str, global_batch: int) -> None:
     student = models.StudentMLP((1, 8, 8), hidden=(16,))  # no BatchNorm: shards give the same gradients
     train.distill(student, teacher, loader, T=2.0, alpha=0.5, num_epochs=3, lr=1e-2, device=device,
                   progress=False, seed=0)
-    if train.is_main_process():
+    if dist.is_main_process():
         torch.save(student.state_dict(), out)
     if distributed:
         torch.distributed.destroy_process_group()

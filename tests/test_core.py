@@ -226,8 +226,8 @@ def test_train_bad_arguments(digits):
         train.train(m, loader, schedule="step", progress=False)
     with pytest.raises(ValueError, match="same object"):
         train.distill(m, m, loader)
-    with pytest.raises(ValueError, match="cache_logits=False"):
-        train.distill(m, models.StudentMLP((1, 8, 8)), loader, cache_logits=True,
+    with pytest.raises(ValueError, match="cache_teacher=False"):
+        train.distill(m, models.StudentMLP((1, 8, 8)), loader, cache_teacher=True,
                       augment=data.random_shift_rotate)
 
 

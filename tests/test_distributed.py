@@ -28,7 +28,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_init_distributed_outside_torchrun_says_how():
-    from kdlib.train import init_distributed
+    from kdlib.distributed import init_distributed
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     if env != dict(os.environ):

@@ -37,13 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdlib
-from kdlib import data, guards, losses, measure, models, train, utils, zoo
+from kdlib import chains, chapter, data, guards, hooks, losses, measure, models, train, utils, validation, zoo
 
 KDLIB_DIR = Path(kdlib.__file__).resolve().parent
 # FloatingPointError: kdlib's own message when training diverges; PermissionError: an unwritable folder
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, PermissionError)
-MODULES = ["utils", "data", "models", "losses", "guards", "train", "bench", "zoo",
-           "features", "metrics", "prune", "quant", "export", "pipeline"]
+MODULES = ["utils", "validation", "data", "models", "losses", "guards", "hooks", "train", "distributed", "chains",
+           "measure", "zoo", "metrics", "prune", "quant", "export", "pipeline", "chapter"]
 TMP = Path(tempfile.mkdtemp(prefix="kdlib-fuzz-"))
 # no shrinking: the failure message already names the function, the argument and the value
 FUZZ_SETTINGS = settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -287,6 +287,14 @@ spec("utils.load_checkpoint", utils.load_checkpoint, lambda: dict(model=toy_mode
 spec("utils.load_or_train", utils.load_or_train,
      lambda: dict(path=saved_checkpoint(), make_model=toy_model, train_fn=lambda m: None, verbose=False),
      path="path", make_model="callable", train_fn="callable")
+spec("utils.asset_path", utils.asset_path, _with(part="results"), _call=lambda part: utils.asset_path(part),
+     part="str")
+spec("utils.read_result", utils.read_result, _with(name="kd_gain"), name="str")
+spec("utils.eval_mode", utils.eval_mode, lambda: dict(model=toy_model()),
+     _call=lambda model: utils.eval_mode(model).__enter__(), model="model")
+spec("chapter.begin", chapter.begin, _with(threads=1), _call=lambda threads: chapter.begin(threads) and None,
+     threads="int")
+spec("chapter.glue", chapter.glue, _with(name="x", value="1", display=False), name="any", display="any")
 
 # data
 spec("data.DatasetSplits", data.DatasetSplits,
@@ -351,26 +359,28 @@ spec("guards.preflight", guards.preflight,
 _fit_kw = dict(num_epochs=1, progress=False)
 spec("train.train", train.train, lambda: dict(model=toy_model(), train_loader=toy_loader(), **_fit_kw),
      model="model", train_loader="loader", num_epochs="int", lr="number", weight_decay="number",
-     schedule="str", augment="callable?", val_loader="loader?")
+     schedule="str", augment="callable?", mixup="number?", val_loader="loader?")
 spec("train.distill", train.distill,
      lambda: dict(student=toy_model(), teacher=toy_teacher(), train_loader=toy_loader(), **_fit_kw),
      student="model", teacher="model", train_loader="loader", T="number", alpha="number", num_epochs="int",
-     lr="number", schedule="str", val_loader="loader?")
+     lr="number", schedule="str", val_loader="loader?", feature_loss="callable?", student_layers="any",
+     beta="number", augment="callable?", mixup="number?", logit_loss="callable?")
 spec("train.evaluate", train.evaluate, lambda: dict(model=toy_model(), loader=toy_loader()),
      model="model", loader="loader", teacher="model?")
 spec("train.predict_logits", train.predict_logits, lambda: dict(model=toy_model(), loader=toy_loader()),
      model="model", loader="loader")
-spec("train.cache_teacher_logits", train.cache_teacher_logits,
+spec("train.cache_teacher_outputs", train.cache_teacher_outputs,
      lambda: dict(teacher=toy_teacher(), train_loader=toy_loader()), teacher="model", train_loader="loader")
-spec("train.partially_labelled", train.partially_labelled,
+spec("data.partially_labelled", data.partially_labelled,
      lambda: (lambda ds: dict(dataset=ds, labelled=data.labelled_subset(ds, 6)))(toy_dataset()),
      dataset="dataset", labelled="dataset")
-spec("train.kd_loss_partial", train.kd_loss_partial,
+spec("losses.kd_loss (unlabelled)", losses.kd_loss,
      lambda: dict(student_logits=toy_logits(), teacher_logits=toy_logits(seed=4),
                   labels=torch.tensor([0, -1, 2, -1]), T=4.0, alpha=0.9),
      student_logits="tensor", teacher_logits="tensor", labels="tensor", T="number", alpha="number")
+spec("data.mixup", data.mixup, lambda: dict(X=toy_x(4)), X="tensor", concentration="number")
 
-# bench
+# measure
 spec("measure.count_params", measure.count_params, lambda: dict(model=toy_model()), model="model")
 spec("measure.count_macs", measure.count_macs, lambda: dict(model=toy_model(), example_input=toy_x(1)),
      model="model", example_input="tensor")
@@ -410,8 +420,8 @@ def _optional(name):
         return None
 
 
-features, metrics, prune, quant, export, pipeline = (
-    _optional(m) for m in ("features", "metrics", "prune", "quant", "export", "pipeline"))
+metrics, prune, quant, export, pipeline = (
+    _optional(m) for m in ("metrics", "prune", "quant", "export", "pipeline"))
 SLOW: set[str] = set()  # specs whose every call costs a second or more: fewer examples
 
 
@@ -440,7 +450,7 @@ if hasattr(zoo, "transfer_loader"):
          lambda: dict(teacher=toy_teacher(), transfer=toy_dataset(), recipe=_scarce_recipe()),
          teacher="model", transfer="dataset", recipe="any")
 
-if features is not None:
+if True:  # losses, hooks, chains and the teacher-output cache
     def _emb(b=5, d=3, seed=5):
         return torch.randn(b, d, generator=torch.Generator().manual_seed(seed))
 
@@ -448,58 +458,54 @@ if features is not None:
         return torch.randn(2, c, 4, 4, generator=torch.Generator().manual_seed(seed))
 
     def _use_capture(model, names, detach=False):
-        with features.capture(model, names, detach=detach) as feats:
+        with hooks.capture(model, names, detach=detach) as feats:
             pass
         return feats
 
     _distill_kw = dict(num_epochs=1, progress=False)
-    spec("features.FitNetsHint", features.FitNetsHint, _with(student_channels=(2,), teacher_channels=(4,)),
+    spec("losses.FitNetsHint", losses.FitNetsHint, _with(student_channels=(2,), teacher_channels=(4,)),
          student_channels="any", teacher_channels="any")
-    spec("features.TeacherOutputs", features.TeacherOutputs,
+    spec("train.TeacherOutputs", train.TeacherOutputs,
          lambda: dict(X=toy_x(4), y=toy_labels(4), teacher_logits=toy_logits(4), features=[], layers=[],
                       teacher=toy_teacher()),
          X="tensor", y="tensor", teacher_logits="tensor", features="any", layers="any", teacher="model")
-    spec("features.angle_potentials", features.angle_potentials, lambda: dict(e=_emb()), e="tensor", eps="number")
-    spec("features.distance_potentials", features.distance_potentials, lambda: dict(e=_emb()), e="tensor",
+    spec("losses.angle_potentials", losses.angle_potentials, lambda: dict(e=_emb()), e="tensor", eps="number")
+    spec("losses.distance_potentials", losses.distance_potentials, lambda: dict(e=_emb()), e="tensor",
          eps="number")
-    spec("features.attention_map", features.attention_map, lambda: dict(feat=_feat()), feat="tensor", p="number",
+    spec("losses.attention_map", losses.attention_map, lambda: dict(feat=_feat()), feat="tensor", p="number",
          size="any?")
-    spec("features.attention_loss", features.attention_loss,
+    spec("losses.attention_loss", losses.attention_loss,
          lambda: dict(student_feat=_feat(3), teacher_feat=_feat(5, 7)),
          student_feat="tensor", teacher_feat="tensor", p="number")
-    spec("features.hint_regressor", features.hint_regressor, _with(student_channels=2, teacher_channels=4),
+    spec("losses.hint_regressor", losses.hint_regressor, _with(student_channels=2, teacher_channels=4),
          student_channels="int", teacher_channels="int")
-    spec("features.hint_loss", features.hint_loss,
-         lambda: dict(student_feat=_feat(2), teacher_feat=_feat(4, 7), regressor=features.hint_regressor(2, 4)),
+    spec("losses.hint_loss", losses.hint_loss,
+         lambda: dict(student_feat=_feat(2), teacher_feat=_feat(4, 7), regressor=losses.hint_regressor(2, 4)),
          student_feat="tensor", teacher_feat="tensor", regressor="model")
     for _name in ("rkd_distance_loss", "rkd_angle_loss", "rkd_loss"):
-        spec(f"features.{_name}", getattr(features, _name),
+        spec(f"losses.{_name}", getattr(losses, _name),
              lambda: dict(student_emb=_emb(), teacher_emb=_emb(d=4, seed=8)),
              student_emb="tensor", teacher_emb="tensor")
-    spec("features.dkd_terms", features.dkd_terms,
+    spec("losses.dkd_terms", losses.dkd_terms,
          lambda: dict(student_logits=toy_logits(), teacher_logits=toy_logits(seed=4), labels=toy_labels(), T=4.0),
          student_logits="tensor", teacher_logits="tensor", labels="tensor", T="number")
-    spec("features.dkd_loss", features.dkd_loss,
+    spec("losses.dkd_loss", losses.dkd_loss,
          lambda: dict(student_logits=toy_logits(), teacher_logits=toy_logits(seed=4), labels=toy_labels()),
          student_logits="tensor", teacher_logits="tensor", labels="tensor", alpha="number", beta="number",
          T="number")
-    spec("features.capture", features.capture, lambda: dict(model=toy_model(), names=["0"]), _call=_use_capture,
+    spec("hooks.capture", hooks.capture, lambda: dict(model=toy_model(), names=["0"]), _call=_use_capture,
          model="model", names="any")
-    spec("features.feature_shapes", features.feature_shapes,
+    spec("hooks.feature_shapes", hooks.feature_shapes,
          lambda: dict(model=toy_model(), names=["0"], input_shape=(1, 8, 8)),
          model="model", names="any", input_shape="any")
-    spec("features.cache_teacher_outputs", features.cache_teacher_outputs,
+    spec("train.cache_teacher_outputs (layers)", train.cache_teacher_outputs,
          lambda: dict(teacher=toy_teacher(), train_loader=toy_loader(), layers=["0"]),
          teacher="model", train_loader="loader", layers="any")
-    spec("features.distill_features", features.distill_features,
-         lambda: dict(student=toy_model(), teacher=toy_teacher(), train_loader=toy_loader(), **_distill_kw),
-         student="model", teacher="model", train_loader="loader", feature_loss="callable?",
-         student_layers="any", beta="number", T="number", alpha="number", num_epochs="int")
-    spec("features.teacher_assistant_chain", features.teacher_assistant_chain,
+    spec("chains.teacher_assistant_chain", chains.teacher_assistant_chain,
          lambda: dict(teacher=toy_teacher(), assistants=[toy_model()], student=toy_model(),
                       train_loader=toy_loader(), **_distill_kw),
          teacher="model", assistants="any", student="model", train_loader="loader")
-    spec("features.born_again", features.born_again,
+    spec("chains.born_again", chains.born_again,
          lambda: dict(make_model=toy_model, train_loader=toy_loader(), generations=1,
                       train_kwargs=dict(_distill_kw), **_distill_kw),
          make_model="callable", train_loader="loader", generations="int", train_kwargs="any?")
@@ -519,6 +525,9 @@ if metrics is not None:
          logits="tensor", labels="tensor", num_classes="int?")
     spec("metrics.gap_closed", metrics.gap_closed, _with(kd=0.95, alone=0.9, teacher=0.99),
          kd="number", alone="number", teacher="number")
+    spec("metrics.mean_ci", metrics.mean_ci, _with(values=[0.9, 0.92, 0.91]), values="any", confidence="number")
+    spec("metrics.compare_paired", metrics.compare_paired, _with(a=[0.9, 0.92, 0.91], b=[0.89, 0.9, 0.9]),
+         a="any", b="any", confidence="number")
     spec("metrics.mean_std", metrics.mean_std, _with(values=[0.9, 0.92]), values="any")
     spec("metrics.format_mean_std", metrics.format_mean_std, _with(values=[0.9, 0.92]), values="any", fmt="str")
 
@@ -669,10 +678,20 @@ EXEMPT = {
     "guards": {"KDWarning": "a warning class", "TeacherModeWarning": "a warning class",
                "TeacherGradWarning": "a warning class", "ProbabilitiesWarning": "a warning class",
                "WeakTeacherWarning": "a warning class"},
-    "train": {"History": "a plain record filled by the loops",
-              "init_distributed": "needs the environment torchrun sets; without it, a clear RuntimeError",
-              "is_distributed": "no arguments", "is_main_process": "no arguments"},
-    "bench": {"machine_info": "no arguments"},
+    "train": {"History": "a plain record filled by the loops"},
+    "distributed": {"init_distributed": "needs the environment torchrun sets; without it, a clear RuntimeError",
+                    "is_distributed": "no arguments", "is_main_process": "no arguments",
+                    "shard": "takes the loader of a run that kdlib.train already checked",
+                    "wrap": "takes the model of a run that kdlib.train already checked",
+                    "all_reduce_sum": "needs a process group; called by kdlib.train only"},
+    "validation": {name: "an input check: raising a clear error on bad input is its whole job"
+                   for name, _ in inspect.getmembers(validation, inspect.isfunction)
+                   if not name.startswith("_") and _.__module__ == "kdlib.validation"},
+    "hooks": {"collect": "reads the dict that capture fills; fuzzed through capture and distill",
+              "check_layer_names": "an input check: raising a clear error on bad input is its whole job"},
+    "chapter": {"Chapter": "the clock of a chapter: no arguments", "GLUED": "a dict"},
+    "measure": {"machine_info": "no arguments"},
+    "metrics": {"PairedComparison": "a frozen record that compare_paired fills"},
     "zoo": {"checkpoint_dir": "no arguments", "TeacherRecipe": "a frozen dataclass of defaults",
             "StudentRecipe": "a frozen dataclass of defaults"},
     "quant": {"FakeQuantSTE": "an autograd Function, fuzzed through fake_quantize"},

@@ -74,9 +74,9 @@ def test_module_wrapper_equals_function():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(T=0.0), "T must be > 0"),
-    (dict(T=-1.0), "T must be > 0"),
-    (dict(T=float("nan")), "T must be > 0"),
+    (dict(T=0.0), "T must be a finite number > 0"),
+    (dict(T=-1.0), "T must be a finite number > 0"),
+    (dict(T=float("nan")), "T must be a finite number > 0"),
     (dict(alpha=1.5), "alpha"),
     (dict(alpha=-0.1), "alpha"),
 ])

@@ -42,7 +42,7 @@ def layer_output(fn) -> str | None:
 @register("07.2")
 def attention_map(fn) -> str | None:
     """fn(feat (B, C, H, W)) -> (B, H*W) map mean_c |A|^2, each row of unit L2 norm."""
-    from ..features import attention_map as reference
+    from ..losses import attention_map as reference
 
     problem = not_a_function(fn, "attention_map")
     if problem:
@@ -103,7 +103,7 @@ def distance_potentials(fn) -> str | None:
 @register("07.4")
 def dkd_parts(fn) -> str | None:
     """fn(student_logits, teacher_logits, labels, T) -> (tckd (B,), nckd (B,)), each with the T^2 factor."""
-    from ..features import dkd_terms
+    from ..losses import dkd_terms
 
     problem = not_a_function(fn, "dkd_parts")
     if problem:
