@@ -32,8 +32,16 @@ from .validation import check_choice, check_path
 
 APT_INSTALL = "apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 ARM_GCC, ARM_SIZE, ARM_NM, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "arm-none-eabi-nm", "qemu-system-arm"
-CPUS = {"cortex-m4": [], "cortex-m0plus": [], "cortex-m7": []}   # -mcpu values this module builds for
-OPT = "-Os"                      # optimise for size, as firmware usually is
+CPUS = ("cortex-m4", "cortex-m0", "cortex-m0plus", "cortex-m7")   # -mcpu values this module builds for
+# QEMU machines the firmware runs on: flash and RAM where the linker script puts them (both boards
+# map flash at 0x0 and RAM at 0x20000000), and how the test firmware shares its RAM
+BOARDS = {
+    "mps2-an386": {"cpu": "cortex-m4", "flash": 4 * 1024 * 1024, "ram": 4 * 1024 * 1024,    # Arm MPS2, AN386
+                   "heap": 64 * 1024, "stack": 16 * 1024},
+    "microbit": {"cpu": "cortex-m0", "flash": 256 * 1024, "ram": 16 * 1024,                 # BBC micro:bit v1
+                 "heap": 6 * 1024, "stack": 3 * 1024},                                      # (nRF51822)
+}
+OPT = "-O2"                      # optimise for speed: the model is far inside the flash budget
 BUDGET = {"flash": 64 * 1024, "ram": 16 * 1024}   # a Cortex-M0+ class device (the book's target)
 DEPLOY_STACK = 1024              # bytes of stack reserved in the deployment build
 REQUANT_C = ("fixed", "gemmlowp")  # kdlib.mcu requantizations the C kernels implement
@@ -190,25 +198,28 @@ def _linker_script(folder: Path, flash: int, ram: int, stack: int, heap: int) ->
 
 
 def _arm_flags(cpu: str) -> list[str]:
-    check_choice(cpu, "cpu", tuple(CPUS))
+    check_choice(cpu, "cpu", CPUS)
     return [f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=soft", "-std=c99", OPT, "-Wall", "-Wextra", "-Werror",
             "-ffunction-sections", "-fdata-sections", "-fstack-usage", "-nostartfiles", "-Wl,--gc-sections"]
 
 
-def build_firmware(model: QModel, folder, *, requant: str = "fixed", cpu: str = "cortex-m4") -> Path:
-    """The test firmware: model + harness + newlib (nano, semihosting) for the MPS2 AN386 board
-    (Cortex-M4) under QEMU; it reads `inputs.bin` from QEMU's folder and prints the outputs.
+def build_firmware(model: QModel, folder, *, requant: str = "fixed", board: str = "mps2-an386") -> Path:
+    """The test firmware: model + harness + newlib (nano, semihosting) for a QEMU board
+    (`BOARDS`: the MPS2 AN386's Cortex-M4, or the micro:bit's Cortex-M0 with 16 KB of RAM);
+    it reads `inputs.bin` from QEMU's folder and prints the outputs.
 
     Introduced in: notebooks/11_microcontroller.ipynb
     """
     require_tools(ARM_GCC)
+    check_choice(board, "board", tuple(BOARDS))
     folder = _folder(folder)
+    spec = BOARDS[board]
     src = write_sources(model, folder, requant=requant)
-    ld = _linker_script(folder, 4 * 1024 * 1024, 4 * 1024 * 1024, 16 * 1024, 64 * 1024)
-    elf = folder / "model_test.elf"
-    _run([ARM_GCC, *_arm_flags(cpu), "-DKD_FIRMWARE", "--specs=nano.specs", "--specs=rdimon.specs", "-T", str(ld),
-          str(asset_path("mcu", "startup.c")), str(asset_path("mcu", "harness.c")), str(src), "-o", str(elf)],
-         cwd=folder, what=ARM_GCC)
+    ld = _linker_script(folder, spec["flash"], spec["ram"], spec["stack"], spec["heap"])
+    elf = folder / f"model_test_{board}.elf"
+    _run([ARM_GCC, *_arm_flags(spec["cpu"]), "-DKD_FIRMWARE", "--specs=nano.specs", "--specs=rdimon.specs",
+          "-T", str(ld), str(asset_path("mcu", "startup.c")), str(asset_path("mcu", "harness.c")), str(src),
+          "-o", str(elf)], cwd=folder, what=ARM_GCC)
     return elf
 
 
@@ -249,7 +260,7 @@ def _parse_outputs(text: str, n: int, what: str) -> tuple[np.ndarray, dict]:
     for line in text.splitlines():
         if re.fullmatch(r"-?\d+( -?\d+)*", line.strip()):
             rows.append([int(v) for v in line.split()])
-        elif line.startswith(("stack_bytes ", "images ")):
+        elif line.split(" ")[0] in ("stack_bytes", "systick_ticks", "spin_instructions", "spin_ticks", "images"):
             key, value = line.split()
             info[key] = int(value)
         elif line.strip():
@@ -271,18 +282,22 @@ def run_host(exe, Xq, *, timeout: float = 120) -> np.ndarray:
     return _parse_outputs(done.stdout, n, exe.name)[0]
 
 
-def qemu_command(elf, *, icount: bool = False) -> list[str]:
-    """The QEMU command that runs a firmware on the MPS2 AN386 (Cortex-M4) with semihosting."""
-    cmd = [QEMU, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
+def qemu_command(elf, *, board: str = "mps2-an386", icount: bool = False) -> list[str]:
+    """The QEMU command that runs a firmware on `board` with semihosting (and, with `icount`,
+    a virtual clock that advances 1 ns per instruction: `-icount shift=0`)."""
+    check_choice(board, "board", tuple(BOARDS))
+    cmd = [QEMU, "-M", board, "-nographic", "-monitor", "none", "-serial", "none",
            "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
     return cmd + (["-icount", "shift=0"] if icount else [])
 
 
-def run_qemu(elf, Xq, *, timeout: float = 300) -> tuple[np.ndarray, dict]:
+def run_qemu(elf, Xq, *, board: str = "mps2-an386", icount: bool = False, timeout: float = 300) -> tuple[np.ndarray, dict]:
     """Run a `build_firmware` ELF under QEMU on int8 inputs Xq (N, C, H, W).
 
     Returns:
-        (int8 outputs (N, K), {"stack_bytes": the stack one inference used, "images": N}).
+        (int8 outputs (N, K), info) with info["stack_bytes"]: the stack the first inference
+        used; info["instructions"] (with icount=True): the instructions it executed, from
+        SysTick ticks calibrated on a loop of known length; "images": N.
 
     Introduced in: notebooks/11_microcontroller.ipynb
     """
@@ -292,16 +307,24 @@ def run_qemu(elf, Xq, *, timeout: float = 300) -> tuple[np.ndarray, dict]:
         raise FileNotFoundError(f"{elf} does not exist; build it with build_firmware")
     with tempfile.TemporaryDirectory(prefix="kdlib-qemu-") as tmp:
         n = _write_inputs(Xq, Path(tmp) / "inputs.bin")
-        done = _run(qemu_command(elf.resolve()), cwd=tmp, timeout=timeout, what="qemu-system-arm")
-    return _parse_outputs(done.stdout, n, "the firmware under QEMU")
+        done = _run(qemu_command(elf.resolve(), board=board, icount=icount), cwd=tmp, timeout=timeout,
+                    what="qemu-system-arm")
+    outputs, info = _parse_outputs(done.stdout, n, "the firmware under QEMU")
+    if icount:
+        info["instructions"] = round(info["systick_ticks"] * info["spin_instructions"] / info["spin_ticks"])
+    return outputs, info
 
 
-def run_deploy(elf, *, timeout: float = 60) -> int:
+def run_deploy(elf, *, board: str = "mps2-an386", timeout: float = 60) -> int:
     """Run a `build_deploy` ELF under QEMU; returns its exit status (the predicted class)."""
     require_tools(QEMU)
     elf = check_path(elf, "elf")
-    done = subprocess.run(qemu_command(elf.resolve()), capture_output=True, text=True, timeout=timeout)
-    if done.returncode == 3:
+    try:
+        done = subprocess.run(qemu_command(elf.resolve(), board=board), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{elf.name} did not finish under QEMU within {timeout:g} s") from None
+    if done.returncode == 255:
         raise RuntimeError(f"{elf.name} crashed under QEMU (a fault handler ran)")
     return done.returncode
 

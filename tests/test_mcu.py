@@ -211,12 +211,15 @@ def test_host_build_equals_numpy(model, Xq, tmp_path, requant):
 
 @HOST
 @ARM
-def test_qemu_equals_host(model, Xq, tmp_path):
+@pytest.mark.parametrize("board", list(mcu_c.BOARDS))
+def test_qemu_equals_host(model, Xq, tmp_path, board):
+    """The Cortex-M4 (MPS2 AN386) and the Cortex-M0 with 16 KB of RAM (micro:bit) under QEMU."""
     exe = mcu_c.build_host(model, tmp_path)
-    elf = mcu_c.build_firmware(model, tmp_path)
-    got, info = mcu_c.run_qemu(elf, Xq[:20])
-    np.testing.assert_array_equal(got, mcu_c.run_host(exe, Xq[:20]))
-    assert 0 < info["stack_bytes"] < 4096
+    elf = mcu_c.build_firmware(model, tmp_path, board=board)
+    got, info = mcu_c.run_qemu(elf, Xq[::10], board=board, icount=True)
+    np.testing.assert_array_equal(got, mcu_c.run_host(exe, Xq[::10]))
+    assert 0 < info["stack_bytes"] < mcu_c.BOARDS[board]["stack"]
+    assert info["spin_instructions"] == 2_000_000 and 1e5 < info["instructions"] < 1e8
 
 
 @ARM
@@ -233,6 +236,42 @@ def test_deploy_build_sizes(model, Xq, tmp_path):
     assert report["flash"] <= mcu_c.BUDGET["flash"] and report["ram"] <= mcu_c.BUDGET["ram"]
     with pytest.raises(RuntimeError, match="overflow"):
         mcu_c.build_deploy(model, tmp_path, Xq[3], budget={"flash": 8 * 1024})
+
+
+# --------------------------------------------------------------------------- LiteRT and TFLite Micro
+@pytest.fixture(scope="module")
+def tflite_file(data, tmp_path_factory):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("tflite_micro")
+    from kdlib import mcu_tflite
+
+    student = zoo.load_student("mnist5k", ds=data["ds"], verbose=False)
+    return mcu_tflite.to_tflite_int8(student, data["X"][:1], data["calibration"],
+                                     tmp_path_factory.mktemp("tflite") / "student_int8.tflite")
+
+
+def test_numpy_gemmlowp_equals_tflite_micro(tflite_file, data):
+    """kdlib's engine on the integers read from the LiteRT file gives TFLite Micro's outputs."""
+    from kdlib import mcu_tflite
+
+    qt = mcu_tflite.read_tflite(tflite_file)
+    assert [l.weight.shape for l in qt.layers] == [(8, 1, 3, 3), (16, 8, 3, 3), (10, 784)]
+    Xq = mcu.quantize_input(data["X"][::2].numpy(), qt.input_scale, qt.input_zp)
+    interpreter = mcu_tflite.tflm_interpreter(tflite_file)
+    np.testing.assert_array_equal(mcu.run_int8(qt, Xq, requant="gemmlowp"), mcu_tflite.run_tflm(interpreter, Xq))
+    arena = mcu_tflite.tflm_arena(interpreter)
+    assert arena["total"] == arena["head"] + arena["tail"] and arena["head"] >= 28 * 28 * 8 + 14 * 14 * 8
+
+
+def test_optional_packages_named_when_missing(monkeypatch):
+    from kdlib import mcu_tflite
+
+    def no_module(name):
+        raise ImportError(name)
+
+    monkeypatch.setattr(mcu_tflite.importlib, "import_module", no_module)
+    with pytest.raises(ImportError, match=r'pip install "kdlib\[mcu\]"'):
+        mcu_tflite.tflm_interpreter("student.tflite")
 
 
 def test_parse_size_output():

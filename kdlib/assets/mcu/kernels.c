@@ -63,24 +63,21 @@ static int8_t kd_output(int32_t acc, int32_t m, int32_t s, int32_t out_zp, int32
     return (int8_t)KD_MAX(KD_MIN(q, 127), lo);
 }
 
-/* One output value of a k x k convolution at (oc, y, x), 'same' zero padding (in real zeros:
- * a padded tap would add (in_zp - in_zp) * w = 0, so it is skipped). */
+/* One output value of a k x k convolution at (y, x), 'same' zero padding: the taps that fall
+ * outside the image would add (in_zp - in_zp) * w = 0, so only the taps inside are summed
+ * (rows ky0..ky1-1, columns kx0..kx1-1 of the kernel). */
 static int32_t kd_conv_at(const int8_t *in, int c_in, int h, int w, int k, const int8_t *wt,
                           int32_t bias, int32_t in_zp, int y, int x)
 {
-    int32_t acc = bias;
     int pad = k / 2;
+    int ky0 = KD_MAX(0, pad - y), ky1 = KD_MIN(k, h + pad - y);
+    int kx0 = KD_MAX(0, pad - x), kx1 = KD_MIN(k, w + pad - x);
+    int32_t acc = bias;
     for (int ic = 0; ic < c_in; ic++) {
-        const int8_t *plane = in + ic * h * w;
-        const int8_t *taps = wt + ic * k * k;
-        for (int ky = 0; ky < k; ky++) {
-            int iy = y + ky - pad;
-            if (iy < 0 || iy >= h) continue;
-            for (int kx = 0; kx < k; kx++) {
-                int ix = x + kx - pad;
-                if (ix < 0 || ix >= w) continue;
-                acc += ((int32_t)plane[iy * w + ix] - in_zp) * taps[ky * k + kx];
-            }
+        for (int ky = ky0; ky < ky1; ky++) {
+            const int8_t *row = in + (ic * h + y + ky - pad) * w + x - pad;
+            const int8_t *taps = wt + (ic * k + ky) * k;
+            for (int kx = kx0; kx < kx1; kx++) acc += ((int32_t)row[kx] - in_zp) * taps[kx];
         }
     }
     return acc;

@@ -1,6 +1,6 @@
 /* Minimal start-up for a Cortex-M (kdlib/assets/mcu/startup.c): the vector table, and a reset
  * handler that copies .data from flash to RAM, zeroes .bss and calls main. The symbols come from
- * board.ld. Any fault ends the program through semihosting (QEMU exits with status 3), so that a
+ * board.ld. Any fault ends the program through semihosting (QEMU exits with status 255), so that a
  * crash is reported instead of hanging the emulator. */
 #include <stdint.h>
 
@@ -16,7 +16,7 @@ void Reset_Handler(void)
     kd_semihost_exit(main(0, 0));
 }
 
-void Fault_Handler(void) { kd_semihost_exit(3); }
+void Fault_Handler(void) { kd_semihost_exit(255); }
 
 /* SYS_EXIT_EXTENDED (0x20): QEMU exits with `status` (ADP_Stopped_ApplicationExit = 0x20026). */
 void kd_semihost_exit(int status)
