@@ -39,17 +39,16 @@ import numpy as np
 
 from kdlib import export, mcu, mcu_c, mcu_onnx, zoo
 from kdlib.data import as_tensors, load_dataset
-from kdlib.utils import atomic_write_text, sha256_bytes, sha256_file
+from kdlib.utils import atomic_write_text, sha256_file
 
 N_CALIB = 128       # training images that calibrate the activation ranges (chapter 10 uses the same)
 EXAMPLE = 537       # the test image the deployment builds classify (any index works)
 
 
-def config(model: mcu.QModel, n: int) -> dict:
-    """What the result depends on; chapter 11 checks it against its own run."""
+def config(n: int) -> dict:
+    """What the result depends on; chapter 11 checks it against its own (all but n_images)."""
     return {"dataset": "mnist5k", "student_sha256": sha256_file(zoo.student_path("mnist5k")), "n_calib": N_CALIB,
-            "requant": "fixed", "opt": mcu_c.OPT, "budget": mcu_c.BUDGET, "deploy_stack": mcu_c.DEPLOY_STACK,
-            "n_images": n, "c_source_sha256": sha256_bytes(mcu_c.c_source(model).encode())}
+            "requant": "fixed", **mcu_c.build_config(), "n_images": n}
 
 
 def equal(a: np.ndarray, b: np.ndarray) -> dict:
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
         int8 = mcu_onnx.quantize_onnx_int8(fp32, folder / "student_int8.onnx", calibration=X_train[:N_CALIB])
         model = mcu_onnx.read_int8_onnx(int8)
         ort_logits = export.run_onnx(export.onnx_session(int8), X_test).numpy()
-        out = {"config": config(model, args.n), "onnx_int8_bytes": int8.stat().st_size,
+        out = {"config": config(args.n), "onnx_int8_bytes": int8.stat().st_size,
                "accuracy_ort_int8": float((ort_logits.argmax(1) == y_test.numpy()).mean()),
                "weight_bytes": model.weight_bytes, "arena_bytes": mcu.plan_arena(model)["arena_bytes"]}
         out["numpy_vs_ort"] = numpy_parity(model, X, ort_logits)

@@ -227,8 +227,9 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 
 
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    """gemmlowp's SaturatingRoundingDoublingHighMul: round(a * b / 2^31) for int32 a, b,
-    ties away from zero; the one overflowing case (-2^31 * -2^31) saturates to 2^31 - 1."""
+    """gemmlowp's SaturatingRoundingDoublingHighMul: a * b / 2^31 rounded to the nearest integer
+    (ties upward: it equals (a * b + 2^30) >> 31) for int32 a, b; the one overflowing case
+    (-2^31 * -2^31) saturates to 2^31 - 1."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     total = a * b + np.where(a * b >= 0, 1 << 30, 1 - (1 << 30))
     high = np.where(total >= 0, total >> 31, -((-total) >> 31))   # C's division truncates toward zero

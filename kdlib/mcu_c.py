@@ -329,6 +329,21 @@ def run_deploy(elf, *, board: str = "mps2-an386", timeout: float = 60) -> int:
     return done.returncode
 
 
+def build_config() -> dict:
+    """What a build's results depend on besides the model: flags, budget, the C sources and the
+    compiler's version (bench/mcu.py saves it; chapter 11 checks that the saved result is current).
+
+    Introduced in: notebooks/11_microcontroller.ipynb
+    """
+    from .utils import sha256_bytes
+
+    sources = b"".join(asset_path("mcu", name).read_bytes()
+                       for name in ("kernels.c", "harness.c", "deploy.c", "startup.c", "board.ld"))
+    version = _run([ARM_GCC, "--version"], what=ARM_GCC).stdout.splitlines()[0] if have_tools(ARM_GCC) else None
+    return {"opt": OPT, "budget": dict(BUDGET), "deploy_stack": DEPLOY_STACK, "sources_sha256": sha256_bytes(sources),
+            "arm_gcc": version}
+
+
 # --------------------------------------------------------------------------- sizes
 def elf_sizes(elf) -> dict:
     """text, data, bss (bytes) of an ELF, parsed from `arm-none-eabi-size` (Berkeley format).
