@@ -25,14 +25,38 @@ WORKFLOW_STEPS = (
 WORKFLOW_NEXT = "then compress and ship: prune (Ch. 8), quantize (Ch. 9), export (Ch. 10)"
 
 
-BOOK_STYLE: dict = {}  # matplotlib settings every chapter's figures share (kdlib.chapter.begin applies them)
+# The matplotlib settings every chapter's figures share (kdlib.chapter.begin applies them).
+# A text of s points in a figure w inches wide, shown W CSS pixels wide, is s * W / (72 * w)
+# pixels high on the page, whatever the dpi. The book wants >= 9 px on a phone, whose column
+# is 358 px wide at 390 px: 10-point text in a figure at most 5.5 inches wide. Figures narrower
+# than the column show at their own size, dpi / 72 pixels per point (13.9 px for 10 points).
+BOOK_STYLE: dict = {
+    "figure.figsize": (5.2, 3.2),   # inches: fits a phone's column with 10-point text
+    "figure.dpi": 100,              # 520 px wide: the PNG the page shows, at its own size on a desktop
+    "savefig.dpi": "figure",
+    "figure.facecolor": "white",    # opaque: readable on the website's dark theme too
+    "savefig.facecolor": "white",
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.title_fontsize": 10,
+    "figure.titlesize": 12,
+}
 
 
 def use_book_style() -> None:
-    """Apply the book's figure settings (`BOOK_STYLE`) to matplotlib.
+    """Apply the book's figure settings (`BOOK_STYLE`) to matplotlib; in a Jupyter kernel, also
+    make each figure's PNG record its smallest text and overlapping labels
+    (`kdlib.widgets.record_figure_text`), which the website's tests check.
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
+    from .widgets import record_figure_text
+
+    record_figure_text()  # first: the inline backend it may set up must not undo the settings below
     plt.rcParams.update(BOOK_STYLE)
 
 

@@ -13,11 +13,23 @@ Each interactive figure comes in two forms built from one drawing function
 
 Chapter-specific builders below pair the two, e.g. `soft_label_slider` and
 `soft_label_frames` (Chapter 2).
+
+On the book's web pages the live widget is not shown (a slider that moves
+nothing would mislead): its output also carries an HTML form, which the book
+shows instead (a note, or the precomputed player when `frames=` is given), and
+which any front end without a widget manager shows too.
+
+Every figure this module draws, and every figure a chapter shows once
+`kdlib.chapter.begin()` has run, records its smallest text and its overlapping
+labels (`figure_text_report`): tests/test_site.py checks from that record that
+the text is readable where the page shows the figure.
 """
 from __future__ import annotations
 
+import functools
 import html
 import io
+import json
 import re
 from typing import Callable, Sequence
 
@@ -62,8 +74,191 @@ def render(draw: Draw, value, *, figsize=(5.5, 2.6), dpi: int = 80) -> bytes:
     return figure_to_png(fig, dpi=dpi)
 
 
+# ---------------------------------------------------------------- figures on the book's pages
+# What a reader needs to read a figure: its smallest text and labels that do not overlap. The
+# record travels with the figure (a PNG text chunk, or the player's data attribute), and
+# tests/test_site.py turns it into CSS pixels at the width the page shows the figure.
+
+PNG_KEY = "kdlib-figure"  # the PNG text chunk that holds figure_text_report(fig) as JSON
+
+
+def _drawn_texts(fig: Figure) -> list:
+    """The non-empty texts that drawing `fig` really draws (tick labels out of view, hidden
+    axes and invisible artists are not drawn), in drawing order."""
+    from matplotlib.text import Text
+
+    drawn: dict[int, Text] = {}
+    original = Text.draw
+
+    def spy(self, renderer):
+        original(self, renderer)
+        if self.get_visible() and self.get_text().strip() and self.get_alpha() != 0:
+            drawn[id(self)] = self
+
+    Text.draw = spy
+    try:
+        fig.canvas.draw()
+    finally:
+        Text.draw = original
+    return list(drawn.values())
+
+
+def _corners(text, renderer) -> np.ndarray:
+    """(4, 2) corners, in display pixels, of the rectangle a text covers (rotated with it)."""
+    box = text.get_window_extent(renderer)
+    angle = text.get_rotation() % 180
+    if angle % 90 == 0:
+        return np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]])
+    text.set_rotation(0)
+    w, h = text.get_window_extent(renderer).size
+    text.set_rotation(angle)
+    u = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+    v = np.array([-u[1], u[0]])
+    c = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+    return np.array([c - w / 2 * u - h / 2 * v, c + w / 2 * u - h / 2 * v,
+                     c + w / 2 * u + h / 2 * v, c - w / 2 * u + h / 2 * v])
+
+
+def _rectangles_overlap(a: np.ndarray, b: np.ndarray, tol: float = 1.0) -> bool:
+    """Whether two rectangles (4, 2) overlap by more than `tol` pixels (separating axis test)."""
+    for poly in (a, b):
+        for i in range(2):
+            edge = poly[i + 1] - poly[i]
+            axis = np.array([-edge[1], edge[0]]) / (np.hypot(*edge) or 1.0)
+            pa, pb = a @ axis, b @ axis
+            if min(pa.max(), pb.max()) - max(pa.min(), pb.min()) <= tol:
+                return False
+    return True
+
+
+def _legend_overlaps(fig: Figure, texts: list, renderer) -> list[str]:
+    """Bars and texts that a legend covers."""
+    from matplotlib.container import BarContainer
+
+    found = []
+    for legend in [ax.get_legend() for ax in fig.axes] + list(fig.legends):
+        if legend is None or not legend.get_visible():
+            continue
+        box, own = legend.get_window_extent(renderer), {id(t) for t in legend.get_texts()}
+        own.add(id(legend.get_title()))
+        for ax in fig.axes:
+            for bars in (c for c in ax.containers if isinstance(c, BarContainer)):
+                for i, bar in enumerate(bars):
+                    b = bar.get_window_extent(renderer)
+                    w = min(box.x1, b.x1) - max(box.x0, b.x0)
+                    h = min(box.y1, b.y1) - max(box.y0, b.y0)
+                    if w > 1 and h > 1 and w * h > 0.05 * b.width * b.height:
+                        found.append(f"the legend covers bar {i + 1} of {bars.get_label() or 'a bar chart'!r}")
+        covered = [t for t in texts if id(t) not in own and box.overlaps(t.get_window_extent(renderer))]
+        found += [f"the legend covers {t.get_text()[:30]!r}" for t in covered]
+    return found
+
+
+def figure_text_report(fig: Figure) -> dict:
+    """How readable `fig` is, measured by drawing it at its own dpi.
+
+    Returns:
+        {"dpi": fig.dpi, "texts": number of texts drawn, "min_font_pt": smallest font size in
+        points (None without text), "smallest": that text, "overlaps": ["'a' overlaps 'b'",
+        "the legend covers bar 3 of 'int8'", ...] (at most 12)}. A text of s points is
+        s * dpi / 72 pixels high in the PNG; shown at a fraction f of the PNG's width it is
+        f times that on the page.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    texts = _drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [_corners(t, renderer) for t in texts]
+    overlaps = [f"{texts[i].get_text()[:30]!r} overlaps {texts[j].get_text()[:30]!r}"
+                for i in range(len(texts)) for j in range(i + 1, len(texts))
+                if _rectangles_overlap(boxes[i], boxes[j])]
+    overlaps += _legend_overlaps(fig, texts, renderer)
+    smallest = min(texts, key=lambda t: t.get_fontsize(), default=None)
+    return {"dpi": float(fig.dpi), "texts": len(texts),
+            "min_font_pt": None if smallest is None else float(smallest.get_fontsize()),
+            "smallest": None if smallest is None else smallest.get_text()[:40], "overlaps": overlaps[:12]}
+
+
+def merge_text_reports(reports: Sequence[dict]) -> dict:
+    """One report for several frames of one figure: the smallest text of all, every overlap once.
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
+    sized = [r for r in reports if r["min_font_pt"] is not None]
+    smallest = min(sized, key=lambda r: r["min_font_pt"], default=None)
+    overlaps = list(dict.fromkeys(o for r in reports for o in r["overlaps"]))
+    return {"dpi": max((r["dpi"] for r in reports), default=None), "texts": max((r["texts"] for r in reports), default=0),
+            "min_font_pt": smallest and smallest["min_font_pt"], "smallest": smallest and smallest["smallest"],
+            "overlaps": overlaps[:12]}
+
+
+def _png_with_report(fig: Figure):
+    """IPython's PNG of `fig` (as the inline backend makes it), with figure_text_report inside."""
+    from IPython.core.pylabtools import print_figure
+
+    if not fig.axes and not fig.lines:  # IPython shows nothing for an empty figure
+        return None
+    try:
+        report = figure_text_report(fig)
+    except Exception as err:  # the figure is shown all the same; the website's test reports this
+        report = {"error": f"{type(err).__name__}: {err}"}
+    return print_figure(fig, fmt="png", base64=True, bbox_inches="tight", metadata={PNG_KEY: json.dumps(report)})
+
+
+def record_figure_text() -> bool:
+    """Make the PNGs of this IPython kernel's figures carry `figure_text_report` (PNG text
+    chunk "kdlib-figure"); `kdlib.chapter.begin()` calls it through `viz.use_book_style`.
+
+    Returns:
+        True when installed, False outside IPython (nothing to do).
+
+    Introduced in: notebooks/01_edge_budgets.ipynb
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return False
+    import matplotlib
+
+    if "inline" in matplotlib.get_backend():
+        # the inline backend sets up its own PNG printer when it is first imported: import it
+        # now, so that it does not replace this one later
+        import matplotlib_inline.backend_inline  # noqa: F401
+    shell.display_formatter.formatters["image/png"].for_type(Figure, _png_with_report)
+    return True
+
+
+# shown where the live widget cannot run: the book's web pages, and front ends without widgets
+LIVE_ONLY_NOTE = ('<p class="kd-live-only"><em>A live slider appears here when this notebook runs in '
+                  'Jupyter: it needs a running kernel to redraw the figure, so the website leaves it out.'
+                  '</em></p>')
+
+
+@functools.cache
+def _live_box_class():
+    """An ipywidgets VBox whose output also carries an HTML form (`.static_html`) for pages
+    without a kernel; Jupyter shows the widget, the book's website the HTML."""
+    import ipywidgets as widgets
+
+    class LivePlot(widgets.VBox):
+        static_html = LIVE_ONLY_NOTE
+
+        def _repr_mimebundle_(self, **kwargs):
+            data = super()._repr_mimebundle_(**kwargs)
+            if data is not None:
+                data["text/html"] = self.static_html
+            return data
+
+    return LivePlot
+
+
 def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = None, figsize=(5.5, 2.6),
-              dpi: int = 80):
+              dpi: int = 80, static: str | None = None):
     """A slider, a caption and a figure that is re-drawn whenever the slider moves.
 
     Args:
@@ -71,6 +266,8 @@ def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = N
         slider: an ipywidgets slider (e.g. `FloatSlider`) whose value is passed to draw.
         describe: value -> caption text (plain text; escaped), or None for no caption.
         figsize, dpi: size of the rendered figure.
+        static: the HTML shown instead of the widget where no kernel runs it (the book's web
+            pages), e.g. `static_slider(...)`; None for a short note (`LIVE_ONLY_NOTE`).
     Returns:
         an `ipywidgets.VBox` [slider, caption, image], with the three parts
         also reachable as `.slider`, `.caption` and `.image`, and `.update(value)`
@@ -83,6 +280,8 @@ def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = N
 
     if not isinstance(slider, widgets.ValueWidget):
         raise TypeError(f"slider must be an ipywidgets slider (e.g. FloatSlider), got {type(slider).__name__}")
+    if static is not None and not isinstance(static, str):
+        raise TypeError(f"static must be HTML (a string) or None, got {type(static).__name__}")
     image = widgets.Image(format="png", layout=widgets.Layout(max_width=f"{int(figsize[0] * dpi)}px"))
     caption = widgets.HTML()
 
@@ -92,14 +291,16 @@ def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = N
             caption.value = f"<code>{html.escape(describe(value))}</code>"
 
     slider.observe(lambda change: update(change["new"]), names="value")
-    box = widgets.VBox([slider, caption, image])
+    box = _live_box_class()([slider, caption, image])
     box.slider, box.caption, box.image, box.update = slider, caption, image, update
+    if static is not None:
+        box.static_html = static
     update(slider.value)
     return box
 
 
-def static_slider(draw: Draw, values: Sequence[float], *, figsize=(5.5, 2.6), dpi: int = 72,
-                  interval_ms: int = 600) -> str:
+def static_slider(draw: Draw, values: Sequence[float], *, figsize=(5.2, 2.6), dpi: int = 80,
+                  interval_ms: int = 600, alt: str | None = None) -> str:
     """The static twin of `live_plot`: every value drawn once, as a JavaScript animation.
 
     The frames are PNG images embedded in the HTML (keep `values` short and
@@ -112,6 +313,8 @@ def static_slider(draw: Draw, values: Sequence[float], *, figsize=(5.5, 2.6), dp
         values: the values to precompute, in slider order (2 to 40 of them).
         figsize, dpi: size of each frame.
         interval_ms: delay between frames when the reader presses play.
+        alt: what the frames show, for readers who cannot see them (the image's alt text);
+            None says only how many frames there are.
     Returns:
         the HTML (a string); show it with `IPython.display.HTML(...)`.
 
@@ -124,18 +327,23 @@ def static_slider(draw: Draw, values: Sequence[float], *, figsize=(5.5, 2.6), dp
     values = list(values)
     if not 2 <= len(values) <= 40:
         raise ValueError(f"pass between 2 and 40 values (each is one embedded image), got {len(values)}")
+    if alt is None:
+        alt = f"A figure drawn for {len(values)} values ({', '.join(f'{v:g}' for v in values)}), one frame each"
     fig = plt.figure(figsize=figsize, dpi=dpi)
+    reports = []
 
     def frame(i: int):
         fig.clear()
         draw(fig, values[i])
+        reports.append(figure_text_report(fig))
         return []
 
     try:
         anim = FuncAnimation(fig, frame, frames=len(values), interval=interval_ms, blit=False, repeat=False)
-        return offline_controls(anim.to_jshtml(default_mode="once"))
+        jshtml = anim.to_jshtml(default_mode="once")
     finally:
         plt.close(fig)
+    return offline_controls(jshtml, alt=alt, report=merge_text_reports(reports))
 
 
 # matplotlib's player draws its buttons with Font Awesome icons fetched from a CDN;
@@ -145,9 +353,12 @@ _ICONS = {"fa fa-minus": "\u2212", "fa fa-fast-backward": "\u21e4", "fa fa-step-
           "fa fa-step-forward": "\u25b7", "fa fa-fast-forward": "\u21e5", "fa fa-plus": "+"}
 
 
-def offline_controls(jshtml: str) -> str:
-    """matplotlib's animation HTML without its Font Awesome stylesheet (a CDN link):
-    each button icon becomes a Unicode symbol, so the player works offline.
+def offline_controls(jshtml: str, *, alt: str | None = None, report: dict | None = None) -> str:
+    """matplotlib's animation HTML made fit for the book's pages: no Font Awesome stylesheet
+    (a CDN link; each button icon becomes a Unicode symbol, so the player works offline), a
+    frame and slider that shrink to a narrow column, and, when given, the frame's alt text and
+    its `figure_text_report` (a `kd-player` box with a `data-kdlib-figure` attribute, which
+    tests/test_site.py reads).
 
     Introduced in: notebooks/02_soft_labels.ipynb
     """
@@ -156,7 +367,14 @@ def offline_controls(jshtml: str) -> str:
     out = re.sub(r'<link rel="stylesheet"\s+href="[^"]*font-awesome[^"]*">\s*', "", jshtml)
     for css, symbol in _ICONS.items():
         out = out.replace(f'<i class="{css}"></i>', symbol)
-    return out
+    # the frame and the slider have fixed pixel widths: let them shrink on a phone
+    out = out.replace("input[type=range].anim-slider {", "input[type=range].anim-slider {\n    max-width: 100%;")
+    out = re.sub(r'<img id="(_anim_img\w+)">', r'<img id="\1" style="max-width: 100%; height: auto">', out)
+    if alt is not None:
+        out = re.sub(r'(<img id="_anim_img\w+")', rf'\1 alt="{html.escape(alt)}"', out)
+    if report is None:
+        return out
+    return f"<div class=\"kd-player\" data-kdlib-figure='{html.escape(json.dumps(report))}'>\n{out}\n</div>"
 
 
 def _soft_label_draw(logits, classes, image) -> Draw:
@@ -194,7 +412,7 @@ def _soft_label_caption(logits, classes) -> Callable[[float], str]:
 
 
 def soft_label_slider(logits, classes=None, *, image=None, T: float = 4.0, T_min: float = 0.5,
-                      T_max: float = 20.0, step: float = 0.5):
+                      T_max: float = 20.0, step: float = 0.5, frames: Sequence[float] | None = None):
     """A temperature slider over one example's soft targets (live, needs a kernel).
 
     Args:
@@ -202,6 +420,8 @@ def soft_label_slider(logits, classes=None, *, image=None, T: float = 4.0, T_min
         classes: K class names, or None for 0..K-1.
         image: (H, W) the input image to show beside the bars, or None.
         T: initial temperature; T_min, T_max, step: the slider's range.
+        frames: temperatures for the precomputed player (`soft_label_frames`) that pages
+            without a kernel show instead of the slider; None shows a short note there.
     Returns:
         the `live_plot` VBox; its caption lists the three most likely classes.
 
@@ -213,8 +433,9 @@ def soft_label_slider(logits, classes=None, *, image=None, T: float = 4.0, T_min
         raise ValueError(f"need 0 < T_min <= T <= T_max, got T_min={T_min}, T={T}, T_max={T_max}")
     slider = widgets.FloatSlider(value=T, min=T_min, max=T_max, step=step, description="T",
                                  continuous_update=False)
+    static = None if frames is None else soft_label_frames(logits, classes, image=image, temperatures=frames)
     return live_plot(_soft_label_draw(logits, classes, image), slider,
-                     describe=_soft_label_caption(logits, classes))
+                     describe=_soft_label_caption(logits, classes), static=static)
 
 
 def soft_label_frames(logits, classes=None, *, image=None, temperatures: Sequence[float] = (1, 2, 4, 8, 16)) -> str:
@@ -228,7 +449,10 @@ def soft_label_frames(logits, classes=None, *, image=None, temperatures: Sequenc
     temperatures = [float(t) for t in temperatures]
     if any(not t > 0 for t in temperatures):
         raise ValueError(f"every temperature must be > 0, got {temperatures}")
-    return static_slider(_soft_label_draw(logits, classes, image), temperatures)
+    alt = (f"Bar chart of one {'digit' if image is not None else 'example'}'s soft targets, the teacher's "
+           f"probability for each class, at temperature T = {', '.join(f'{t:g}' for t in temperatures)}, "
+           "one frame per temperature: the higher T, the flatter the bars")
+    return static_slider(_soft_label_draw(logits, classes, image), temperatures, alt=alt)
 
 
 def _quant_grid_draw(weights, symmetric: bool) -> Draw:
@@ -252,20 +476,23 @@ def _quant_grid_draw(weights, symmetric: bool) -> Draw:
             ax.plot(levels, np.zeros_like(levels), "|", color="C3", ms=6, label="grid levels")
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
-        ax.set_title(f"{b} bits: {len(levels)} levels, step {scale.item():.3g}, RMS error {err:.3g}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.set_title(f"{b} bits: {len(levels)} levels, step {scale.item():.3g}, RMS error {err:.3g}", fontsize=10)
+        ax.legend(loc="upper right")
         fig.tight_layout()
 
     return draw
 
 
-def quant_grid_slider(weights, *, num_bits: int = 4, min_bits: int = 2, max_bits: int = 8, symmetric: bool = True):
+def quant_grid_slider(weights, *, num_bits: int = 4, min_bits: int = 2, max_bits: int = 8, symmetric: bool = True,
+                      frames: Sequence[int] | None = None):
     """A bit-width slider over a weight histogram and its quantization grid (live, needs a kernel).
 
     Args:
         weights: any array of weights (e.g. a conv layer's (C_out, C_in, kH, kW)), flattened.
         num_bits: initial bit width; min_bits, max_bits: the slider's range (2 .. 16).
         symmetric: signed grid with zero point 0 (as for weights), else unsigned.
+        frames: bit widths for the precomputed player (`quant_grid_frames`) that pages
+            without a kernel show instead of the slider; None shows a short note there.
     Returns:
         the `live_plot` VBox; its caption gives the step and the RMS round-trip error.
 
@@ -287,7 +514,8 @@ def quant_grid_slider(weights, *, num_bits: int = 4, min_bits: int = 2, max_bits
         return f"{int(b)} bits -> {2 ** int(b) - int(symmetric)} levels, RMS error " \
                f"{quantization_error(w, int(b), symmetric=symmetric):.3g}"
 
-    return live_plot(_quant_grid_draw(w, symmetric), slider, describe=describe)
+    static = None if frames is None else quant_grid_frames(w, bits=frames, symmetric=symmetric)
+    return live_plot(_quant_grid_draw(w, symmetric), slider, describe=describe, static=static)
 
 
 def quant_grid_frames(weights, *, bits: Sequence[int] = (2, 3, 4, 5, 6, 8), symmetric: bool = True) -> str:
@@ -301,7 +529,10 @@ def quant_grid_frames(weights, *, bits: Sequence[int] = (2, 3, 4, 5, 6, 8), symm
     from .quant import check_bits
 
     bits = [check_bits(b, "each bit width") for b in bits]
-    return static_slider(_quant_grid_draw(weights, symmetric), bits)
+    alt = (f"Histogram of the layer's weights with the {'symmetric' if symmetric else 'asymmetric'} quantization "
+           f"grid drawn over it as vertical lines, for {', '.join(map(str, bits))} bits, one frame per bit width: "
+           "the fewer the bits, the fewer and wider apart the grid levels")
+    return static_slider(_quant_grid_draw(weights, symmetric), bits, alt=alt)
 
 
 # ---------------------------------------------------------------- Chapter 8: pruning
@@ -359,7 +590,7 @@ def _sparsity_draw(weight, name: str) -> Draw:
         im = ax.imshow(weight_tiles(kept), cmap=cmap, vmin=-vmax, vmax=vmax, aspect=aspect,
                        interpolation="nearest")
         alive = int((~torch.isnan(kept)).sum())
-        ax.set_title(f"{name}: sparsity {float(s):.0%}, {alive} of {w.numel()} weights survive", fontsize=9)
+        ax.set_title(f"{name}: sparsity {float(s):.0%}, {alive} of {w.numel()} weights survive", fontsize=10)
         ax.set_xlabel(f"output channel (one {w.shape[2]}x{w.shape[3]} kernel per tile)" if w.ndim == 4
                       else "input feature")
         ax.set_ylabel("input channel" if w.ndim == 4 else "output unit")
@@ -378,7 +609,7 @@ def _check_sparsities(values) -> list[float]:
 
 
 def sparsity_slider(weight, *, name: str = "layer", sparsity: float = 0.5, step: float = 0.05,
-                    max_sparsity: float = 0.95, figsize=(5.5, 3.2)):
+                    max_sparsity: float = 0.95, figsize=(5.2, 3.2), frames: Sequence[float] | None = None):
     """A sparsity slider over one layer's weights (live, needs a kernel): the
     heat map blanks the weights that magnitude pruning removes at that sparsity.
 
@@ -386,6 +617,8 @@ def sparsity_slider(weight, *, name: str = "layer", sparsity: float = 0.5, step:
         weight: a Linear (out, in) or conv (C_out, C_in, kH, kW) weight tensor.
         name: the layer's name, for the title.
         sparsity: initial value; step, max_sparsity: the slider's range from 0.
+        frames: sparsities for the precomputed player (`sparsity_frames`) that pages
+            without a kernel show instead of the slider; None shows a short note there.
     Returns:
         the `live_plot` VBox; its caption gives the magnitude threshold.
 
@@ -403,11 +636,12 @@ def sparsity_slider(weight, *, name: str = "layer", sparsity: float = 0.5, step:
         thr = float(w.abs().flatten().sort().values[k - 1]) if k else 0.0
         return f"sparsity {float(s):.0%}: the {k} weights with |w| <= {thr:.4f} are pruned"
 
-    return live_plot(_sparsity_draw(w, name), slider, describe=describe, figsize=figsize)
+    static = None if frames is None else sparsity_frames(w, name=name, sparsities=frames, figsize=figsize)
+    return live_plot(_sparsity_draw(w, name), slider, describe=describe, figsize=figsize, static=static)
 
 
 def sparsity_frames(weight, *, name: str = "layer", sparsities: Sequence[float] = (0, 0.25, 0.5, 0.75, 0.9, 0.95),
-                    figsize=(5.5, 3.2)) -> str:
+                    figsize=(5.2, 3.2)) -> str:
     """The static twin of `sparsity_slider`: one precomputed frame per sparsity.
 
     Returns:
@@ -415,4 +649,8 @@ def sparsity_frames(weight, *, name: str = "layer", sparsities: Sequence[float] 
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    return static_slider(_sparsity_draw(weight, name), _check_sparsities(sparsities), figsize=figsize)
+    values = _check_sparsities(sparsities)
+    alt = (f"Heat map of the weights of {name} (red positive, blue negative) with the smallest-magnitude "
+           f"weights blanked out, at sparsity {', '.join(f'{v:.0%}' for v in values)}, one frame per sparsity: "
+           "the higher the sparsity, the more of the map is white")
+    return static_slider(_sparsity_draw(weight, name), values, figsize=figsize, alt=alt)

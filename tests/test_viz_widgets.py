@@ -1,5 +1,7 @@
 """kdlib.viz and kdlib.widgets: figures hold what they claim, widgets react to their slider,
 and the static twins embed one frame per value and need no internet."""
+import html as htmlmod
+import json
 import math
 import re
 
@@ -237,3 +239,167 @@ def test_drawn_soft_targets_are_the_softmax(logits, T):
     np.testing.assert_allclose(heights, torch.softmax(z / T, 0).numpy(), atol=1e-6)
     assert math.isclose(heights.sum(), 1.0, rel_tol=1e-5)
     assert fig.axes[0].get_title() == f"T = {T:g}"
+
+
+# --- the live widget on pages without a kernel, and the player's alt text -----------------------------
+
+def test_live_widget_output_carries_an_html_form():
+    slider = ipywidgets.FloatSlider(value=1.0, min=0.0, max=5.0)
+    bundle = widgets.live_plot(draw_line, slider)._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # Jupyter still shows the widget
+    assert bundle["text/html"] == widgets.LIVE_ONLY_NOTE
+    box = widgets.live_plot(draw_line, ipywidgets.FloatSlider(), static="<p>frames</p>")
+    assert box._repr_mimebundle_()["text/html"] == "<p>frames</p>"
+    with pytest.raises(TypeError, match="static must be HTML"):
+        widgets.live_plot(draw_line, ipywidgets.FloatSlider(), static=3)
+
+
+def test_slider_with_frames_shows_the_player_where_no_kernel_runs():
+    box = widgets.soft_label_slider(torch.tensor([2.0, 0.0, -1.0]), T=1.0, frames=(1, 4))
+    html = box._repr_mimebundle_()["text/html"]
+    assert len(FRAME.findall(html)) == 2 and 'class="kd-player"' in html
+    grid = widgets.quant_grid_slider(torch.linspace(-1, 1, 50), num_bits=3, frames=(2, 3, 4))
+    assert len(FRAME.findall(grid.static_html)) == 3
+    pruned = widgets.sparsity_slider(torch.randn(4, 3, 3, 3), frames=(0.0, 0.5))
+    assert len(FRAME.findall(pruned.static_html)) == 2
+
+
+def draw_small_text(fig, value):
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, value])
+    ax.set_title("tiny", fontsize=7)
+
+
+def test_player_has_alt_text_a_text_record_and_shrinks_to_the_column():
+    html = widgets.static_slider(draw_small_text, [1.0, 2.0], figsize=(3, 2), dpi=50, alt='a line "rising"')
+    img = re.search(r'<img id="_anim_img\w+"[^>]*>', html).group(0)
+    assert 'alt="a line &quot;rising&quot;"' in img and 'style="max-width: 100%; height: auto"' in img
+    assert "input[type=range].anim-slider {\n    max-width: 100%;" in html
+    record = json.loads(htmlmod.unescape(re.search(r"data-kdlib-figure='([^']*)'", html).group(1)))
+    assert record["min_font_pt"] == 7 and record["smallest"] == "tiny" and record["dpi"] == 50
+    assert record["overlaps"] == []
+    default = widgets.static_slider(draw_line, [1.0, 2.0], figsize=(2, 1), dpi=40)
+    assert 'alt="A figure drawn for 2 values (1, 2), one frame each"' in default
+
+
+# --- figure_text_report: the smallest text and overlapping labels ------------------------------------
+
+def test_report_finds_the_smallest_drawn_text():
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6, 3), dpi=100)
+    a.set_title("big", fontsize=14)
+    a.set_xlabel("small", fontsize=8)
+    b.set_title("hidden", fontsize=3)
+    b.set_visible(False)                      # not drawn: not counted
+    a.text(5, 5, "invisible", fontsize=2).set_visible(False)
+    rep = widgets.figure_text_report(fig)
+    assert rep["min_font_pt"] == 8 and rep["smallest"] == "small" and rep["dpi"] == 100
+    drawn = [t.get_text() for t in widgets._drawn_texts(fig)]
+    assert "hidden" not in drawn and "invisible" not in drawn and "big" in drawn
+    assert rep["texts"] == len(drawn) and len(drawn) == len(set(map(id, widgets._drawn_texts(fig))))
+    empty = plt.figure()
+    assert widgets.figure_text_report(empty)["min_font_pt"] is None
+    with pytest.raises(TypeError, match="Figure"):
+        widgets.figure_text_report("fig")
+
+
+def test_report_finds_crowded_tick_labels_but_not_spaced_ones():
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_xticks(range(12), [f"label {i}" for i in range(12)])
+    assert any("'label 0' overlaps 'label 1'" == o for o in widgets.figure_text_report(fig)["overlaps"])
+    fig, ax = plt.subplots(figsize=(8, 2))
+    ax.set_xticks(range(4), ["a", "b", "c", "d"])
+    assert widgets.figure_text_report(fig)["overlaps"] == []
+
+
+def test_rotated_labels_overlap_only_when_their_rectangles_do():
+    # two labels rotated by 45 degrees, side by side: their bounding boxes (axis-aligned) overlap
+    # in both cases, the rotated text rectangles only when they are closer than a line's height
+    for gap_in, overlapping in ((0.35, False), (0.05, True)):
+        fig = plt.figure(figsize=(4, 4), dpi=100)
+        for i in range(2):
+            fig.text(1 + i * gap_in, 1, "a long label here", rotation=45, fontsize=10,
+                     transform=fig.dpi_scale_trans)
+        renderer = fig.canvas.get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in fig.texts]
+        assert boxes[0].overlaps(boxes[1])
+        assert bool(widgets.figure_text_report(fig)["overlaps"]) is overlapping, gap_in
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(*[st.floats(-20, 20)] * 2), st.tuples(*[st.floats(-20, 20)] * 2),
+       st.floats(1, 15), st.floats(1, 15), st.floats(1, 15), st.floats(1, 15), st.floats(0, 180), st.floats(0, 180))
+def test_rectangle_overlap_matches_matplotlib_paths(c1, c2, w1, h1, w2, h2, t1, t2):
+    from matplotlib.path import Path as MplPath
+
+    def rect(c, w, h, t):
+        u = np.array([math.cos(math.radians(t)), math.sin(math.radians(t))])
+        v = np.array([-u[1], u[0]])
+        c = np.array(c)
+        return np.array([c - w / 2 * u - h / 2 * v, c + w / 2 * u - h / 2 * v, c + w / 2 * u + h / 2 * v,
+                         c - w / 2 * u + h / 2 * v])
+
+    a, b = rect(c1, w1, h1, t1), rect(c2, w2, h2, t2)
+    ours = widgets._rectangles_overlap(a, b, tol=0.0)
+    pa, pb = MplPath(np.vstack([a, a[:1]]), closed=True), MplPath(np.vstack([b, b[:1]]), closed=True)
+    theirs = pa.intersects_path(pb, filled=True)
+    if ours != theirs:  # only where the two just touch (matplotlib counts touching as intersecting)
+        shrunk = widgets._rectangles_overlap(a, b, tol=-1e-6) and not widgets._rectangles_overlap(a, b, tol=1e-6)
+        assert shrunk, (ours, theirs)
+
+
+def test_report_finds_a_legend_over_a_bar():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(["a", "b", "c"], [1, 1, 1], label="accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper left")
+    assert "the legend covers bar 1 of 'accuracy'" in widgets.figure_text_report(fig)["overlaps"]
+    ax.set_ylim(0, 3)
+    assert widgets.figure_text_report(fig)["overlaps"] == []
+
+
+def test_merge_text_reports_keeps_the_smallest_and_every_overlap():
+    a = {"dpi": 80.0, "texts": 3, "min_font_pt": 10.0, "smallest": "x", "overlaps": ["p"]}
+    b = {"dpi": 80.0, "texts": 5, "min_font_pt": 8.0, "smallest": "y", "overlaps": ["p", "q"]}
+    none = {"dpi": 80.0, "texts": 0, "min_font_pt": None, "smallest": None, "overlaps": []}
+    assert widgets.merge_text_reports([a, b, none]) == {"dpi": 80.0, "texts": 5, "min_font_pt": 8.0,
+                                                        "smallest": "y", "overlaps": ["p", "q"]}
+
+
+def test_book_style_default_figure_is_readable_on_a_phone():
+    """A default-size figure with the book's default fonts: >= 9 CSS px on a phone column of
+    358 px (sphinx-book-theme at 390 px), and at its own size on a desktop."""
+    with matplotlib.rc_context(viz.BOOK_STYLE):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1], label="line")
+        ax.set_xlabel("x")
+        ax.legend()
+        rep = widgets.figure_text_report(fig)
+        width_in = fig.get_figwidth()
+    assert rep["min_font_pt"] * 358 / (72 * width_in) >= 9
+    assert rep["min_font_pt"] * rep["dpi"] / 72 >= 9 and rep["overlaps"] == []
+
+
+def test_record_figure_text_outside_ipython_does_nothing():
+    assert widgets.record_figure_text() is False
+
+
+def test_kernel_figures_carry_their_text_record(tmp_path):
+    """In a Jupyter kernel, after kdlib.chapter.begin(), a shown figure's PNG holds its report."""
+    import base64
+    import io
+
+    import nbformat
+    from nbclient import NotebookClient
+    from PIL import Image
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from kdlib.chapter import begin\nCHAPTER = begin()"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
+                                  "ax.set_title('seven', fontsize=7)\nplt.show()")])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    png = next(o["data"]["image/png"] for o in nb.cells[1].outputs if "image/png" in o.get("data", {}))
+    with Image.open(io.BytesIO(base64.b64decode(png))) as im:
+        record = json.loads(im.text[widgets.PNG_KEY])
+        assert im.info["dpi"][0] == pytest.approx(viz.BOOK_STYLE["figure.dpi"], rel=1e-3)
+    assert record["min_font_pt"] == 7 and record["smallest"] == "seven"
+    assert record["dpi"] == viz.BOOK_STYLE["figure.dpi"]
