@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from .validation import check_int
+
 GLUED: dict[str, object] = {}  # what the stand-in glue kept, by name
 
 
@@ -66,8 +68,7 @@ def begin(threads: int = 1) -> Chapter:
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    check_int(threads, "threads", low=1)
     torch.set_num_threads(threads)
     from .viz import use_book_style
     use_book_style()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .validation import UNLABELLED, check_number, check_tensor
+from .validation import UNLABELLED, check_int, check_list, check_number, check_tensor
 
 OFFLINE_DATASETS = ("mnist5k", "digits")
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -77,9 +77,7 @@ def stratified_split(y, fractions=(0.7, 0.1, 0.2), *, seed: int = 0) -> list[np.
     y = np.asarray(y)
     if y.ndim != 1 or len(y) == 0:
         raise ValueError(f"y must be a non-empty 1-D array of labels, got shape {y.shape}")
-    if (not isinstance(fractions, (tuple, list)) or not fractions
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions)):
-        raise TypeError(f"fractions must be a tuple of numbers, e.g. (0.7, 0.1, 0.2), got {fractions!r}")
+    fractions = check_list(fractions, "fractions", of=(int, float), hint="e.g. (0.7, 0.1, 0.2)")
     _check_seed(seed)
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or min(fractions) < 0:
         raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
@@ -94,8 +92,7 @@ def stratified_split(y, fractions=(0.7, 0.1, 0.2), *, seed: int = 0) -> list[np.
 
 
 def _check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int(int(seed) if isinstance(seed, np.integer) else seed, "seed", low=0)
 
 
 def _xy(dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +124,8 @@ def labelled_subset(dataset: Dataset, n: int, *, seed: int = 0) -> Subset:
     Introduced in: notebooks/05_distillation.ipynb
     """
     y = targets_of(dataset)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if not 0 < n <= len(y):
-        raise ValueError(f"n must be between 1 and the data set size {len(y)}, got {n}")
+    check_int(int(n) if isinstance(n, np.integer) else n, "n", low=1, high=len(y),
+              hint=f"between 1 and the data set size {len(y)}")
     _check_seed(seed)
     classes, counts = np.unique(y, return_counts=True)
     quota = np.floor(counts / counts.sum() * n).astype(int)
@@ -266,8 +261,7 @@ def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = Fals
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a torch Dataset (e.g. TensorDataset(X, y)), got {type(dataset).__name__}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size", low=1)
     _check_seed(seed)
     if shuffle and len(dataset) == 0:
         raise ValueError("the data set holds no examples: nothing to shuffle")
@@ -307,10 +301,8 @@ def random_shift_rotate(X: torch.Tensor, *, max_shift: int = 2, max_degrees: flo
         raise ValueError(f"X must be a (B, C, H, W) batch, got shape {tuple(X.shape)}")
     if not torch.isfinite(X).all():
         raise ValueError("X contains NaN or inf; clean the images before augmenting them")
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, float)) or not 0 <= max_shift < math.inf:
-        raise ValueError(f"max_shift must be a number of pixels >= 0, got {max_shift!r}")
-    if isinstance(max_degrees, bool) or not isinstance(max_degrees, (int, float)) or not 0 <= max_degrees <= 360:
-        raise ValueError(f"max_degrees must be a number of degrees in [0, 360], got {max_degrees!r}")
+    check_number(max_shift, "max_shift", low=0.0, hint="a number of pixels")
+    check_number(max_degrees, "max_degrees", low=0.0, high=360.0, hint="a number of degrees")
     if X.shape[0] == 0 or X.numel() == 0:
         return X.clone()  # nothing to augment
     B, _, H, W = X.shape
@@ -395,8 +387,7 @@ def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rota
 
     Introduced in: notebooks/05_distillation.ipynb
     """
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies must be a positive int, got {copies!r}")
+    check_int(copies, "copies", low=1)
     _check_seed(seed)
     if not callable(augment):
         raise TypeError("augment must be a function (B, C, H, W) -> (B, C, H, W) that accepts generator=, "

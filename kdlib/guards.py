@@ -10,7 +10,7 @@ they are doing can silence exactly that one:
     from kdlib.guards import WeakTeacherWarning
     warnings.filterwarnings("ignore", category=WeakTeacherWarning)
 
-This module imports nothing from the rest of kdlib except `utils`, so that
+This module imports nothing from the rest of kdlib except `utils` and `validation`, so that
 `losses` and `train` can both use it.
 """
 from __future__ import annotations
@@ -21,6 +21,9 @@ import warnings
 import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
+
+from .utils import eval_mode
+from .validation import check_int, check_labels, check_model, check_number, check_tensor
 
 
 class KDWarning(UserWarning):
@@ -46,14 +49,6 @@ class WeakTeacherWarning(KDWarning):
     """The teacher is no better than chance: there is nothing to transfer."""
 
 
-def _check_labels(labels) -> None:
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor of class indices, got {type(labels).__name__}"
-                        + (f" of dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else ""))
-    if labels.ndim != 1:
-        raise ValueError(f"labels must have shape (batch,), got {tuple(labels.shape)}")
-
-
 def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
     """True when every row of `x` lies in [0, 1] and sums to 1 (within `atol`).
 
@@ -67,8 +62,7 @@ def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
 
     Introduced in: notebooks/14_pitfalls.ipynb
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    check_tensor(x, "x", floating=True, finite=False, nonempty=False)
     if x.ndim != 2 or x.numel() == 0 or x.shape[1] < 2:
         return False
     x = x.detach()
@@ -94,8 +88,7 @@ def warn_if_teacher_grad(teacher_logits: torch.Tensor, *, stacklevel: int = 3) -
 
     Introduced in: notebooks/14_pitfalls.ipynb
     """
-    if not isinstance(teacher_logits, torch.Tensor):
-        raise TypeError(f"teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}")
+    check_tensor(teacher_logits, "teacher_logits", finite=False, nonempty=False)
     if teacher_logits.requires_grad:
         warnings.warn(
             "teacher_logits require grad: the teacher's forward pass was recorded for backpropagation, "
@@ -108,9 +101,7 @@ def warn_if_train_mode(teacher: nn.Module, *, stacklevel: int = 3) -> None:
 
     Introduced in: notebooks/14_pitfalls.ipynb
     """
-    if not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-    if teacher.training:
+    if check_model(teacher, "teacher").training:
         warnings.warn("the teacher was in train mode (dropout on, BatchNorm statistics drifting); "
                       "distill put it in eval mode", TeacherModeWarning, stacklevel=stacklevel)
 
@@ -121,15 +112,11 @@ def chance_accuracy(labels: torch.Tensor, num_classes: int) -> float:
 
     Introduced in: notebooks/14_pitfalls.ipynb
     """
-    _check_labels(labels)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < 0):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got values from {int(labels.min())} "
-                         f"to {int(labels.max())}")
+    check_int(num_classes, "num_classes", low=1)
+    labels = check_labels(labels, num_classes=num_classes)
     if labels.numel() == 0:
         return 1.0 / num_classes
-    majority = torch.bincount(labels.long().flatten(), minlength=num_classes).max().item() / labels.numel()
+    majority = torch.bincount(labels, minlength=num_classes).max().item() / labels.numel()
     return max(1.0 / num_classes, majority)
 
 
@@ -142,13 +129,10 @@ def better_than_chance(logits: torch.Tensor, labels: torch.Tensor, *, z: float =
 
     Introduced in: notebooks/14_pitfalls.ipynb
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim != 2:
-        raise TypeError("logits must be a floating-point (batch, num_classes) tensor")
-    _check_labels(labels)
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
-    if not isinstance(z, (int, float)) or isinstance(z, bool) or not math.isfinite(z) or z < 0:
-        raise ValueError(f"z must be a finite number >= 0, got {z!r}")
+    check_tensor(logits, "logits", ndim=2, floating=True, finite=False, nonempty=False,
+                 shape_hint="(batch, num_classes)")
+    labels = check_labels(labels, n=logits.shape[0])
+    check_number(z, "z", low=0.0)
     if logits.shape[1] < 1:
         raise ValueError("logits need at least one class")
     keep = labels >= 0
@@ -171,8 +155,7 @@ def probe_batch(dataset: Dataset, n: int = 64) -> list:
     """
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
         raise TypeError(f"dataset must be a torch Dataset with a length, got {type(dataset).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_int(n, "n", low=1)
     N = len(dataset)
     if N == 0:
         raise ValueError("the data set holds no examples")
@@ -197,10 +180,8 @@ def run_model(model: nn.Module, X: torch.Tensor, name: str = "model") -> torch.T
 
     Introduced in: notebooks/14_pitfalls.ipynb
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"the {name} must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"the {name}'s input must be a torch.Tensor, got {type(X).__name__}")
+    check_model(model, f"the {name}")
+    check_tensor(X, f"the {name}'s input", finite=False, nonempty=False)
     if X.is_floating_point() and not torch.isfinite(X).all():
         raise ValueError(f"the {name}'s input contains NaN or inf; clean the data before running the model")
     try:
@@ -220,6 +201,42 @@ def run_model(model: nn.Module, X: torch.Tensor, name: str = "model") -> torch.T
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the {name} must return logits of shape (batch, num_classes), got {shape}")
     return out
+
+
+def _check_probe(X: torch.Tensor, y: torch.Tensor) -> None:
+    """The probe batch's images must be finite floats and its labels integers."""
+    if X.shape[:1] != y.shape[:1] or y.ndim != 1 or X.shape[0] == 0:
+        raise ValueError(f"the images {tuple(X.shape)} and labels {tuple(y.shape)} must form a non-empty batch "
+                         "(X (B, ...), y (B,))")
+    if not X.is_floating_point():
+        raise TypeError(f"the images must be a floating-point tensor, got dtype {X.dtype}; "
+                        "convert them with X.float() (and standardise them)")
+    if not torch.isfinite(X).all():
+        raise ValueError("the training images contain NaN or inf; clean the data set before training")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"the labels must be integer class indices, got dtype {y.dtype}; use y.long()")
+
+
+def _check_probe_labels(y: torch.Tensor, K: int, distilling: bool) -> None:
+    lowest = -1 if distilling else 0  # -1: unlabelled, allowed when distilling
+    bad = (y < lowest) | (y >= K)
+    if bool(bad.any()):
+        extra = " (or -1 for unlabelled)" if distilling else ""
+        raise ValueError(f"labels must lie in 0..{K - 1}{extra}, got {int(y[bad][0])}; "
+                         "does the model have the data set's number of classes?")
+
+
+def _check_teacher_logits(t_logits: torch.Tensor, y: torch.Tensor, K: int) -> None:
+    if not torch.isfinite(t_logits).all():
+        raise ValueError("the teacher's logits contain NaN or inf on the first examples; "
+                         "check the teacher's checkpoint and the inputs' scale")
+    if better_than_chance(t_logits.float(), y) is False:
+        acc = (t_logits.argmax(1) == y)[y >= 0].float().mean().item()
+        warnings.warn(
+            f"the teacher gets {acc:.0%} right on {int((y >= 0).sum())} training examples, no better than "
+            f"chance ({chance_accuracy(y[y >= 0], K):.0%}): there is nothing to transfer. Is it trained, "
+            "and trained on these classes? Load it with kdlib.zoo.load_teacher or train it first",
+            WeakTeacherWarning, stacklevel=4)
 
 
 def preflight(student: nn.Module, teacher: nn.Module | None, batch: list) -> None:
@@ -245,51 +262,22 @@ def preflight(student: nn.Module, teacher: nn.Module | None, batch: list) -> Non
     """
     if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not all(isinstance(t, torch.Tensor) for t in batch[:2]):
         raise TypeError("batch must be [X, y, ...] tensors, e.g. from kdlib.guards.probe_batch")
-    if not isinstance(student, nn.Module) or not isinstance(teacher, (nn.Module, type(None))):
-        raise TypeError("student must be a torch.nn.Module, and teacher a torch.nn.Module or None")
+    check_model(student, "student")
+    if teacher is not None:
+        check_model(teacher, "teacher")
     X, y = batch[0], batch[1]
-    if X.shape[:1] != y.shape[:1] or y.ndim != 1 or X.shape[0] == 0:
-        raise ValueError(f"the images {tuple(X.shape)} and labels {tuple(y.shape)} must form a non-empty batch "
-                         "(X (B, ...), y (B,))")
-    if not X.is_floating_point():
-        raise TypeError(f"the images must be a floating-point tensor, got dtype {X.dtype}; "
-                        "convert them with X.float() (and standardise them)")
-    if not torch.isfinite(X).all():
-        raise ValueError("the training images contain NaN or inf; clean the data set before training")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"the labels must be integer class indices, got dtype {y.dtype}; use y.long()")
-    outs, first = {}, "student" if teacher is not None else "model"
-    for name, model in ((first, student), ("teacher", teacher)):
-        if model is None:
-            continue
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                outs[name] = run_model(model, X, name)
-        finally:
-            model.train(was_training)
-    K = outs[first].shape[1]
-    if "teacher" in outs and outs["teacher"].shape[1] != K:
-        raise ValueError(f"the teacher predicts {outs['teacher'].shape[1]} classes and the student {K}; "
-                         "build the student with the teacher's num_classes")
-    lowest = -1 if teacher is not None else 0  # -1: unlabelled, allowed when distilling
-    bad = (y < lowest) | (y >= K)
-    if bool(bad.any()):
-        extra = " (or -1 for unlabelled)" if teacher is not None else ""
-        raise ValueError(f"labels must lie in 0..{K - 1}{extra}, got {int(y[bad][0])}; "
-                         "does the model have the data set's number of classes?")
-    if "teacher" not in outs:  # plain training: cross-entropy wants logits, not a softmax's output
-        warn_if_probabilities("the model's outputs", outs[first], stacklevel=4)
+    _check_probe(X, y)
+    first = "student" if teacher is not None else "model"
+    with eval_mode(student), torch.no_grad():
+        s_logits = run_model(student, X, first)
+    if teacher is None:
+        _check_probe_labels(y, s_logits.shape[1], distilling=False)
+        warn_if_probabilities("the model's outputs", s_logits, stacklevel=4)  # cross-entropy wants logits
         return
-    t_logits = outs["teacher"]
-    if not torch.isfinite(t_logits).all():
-        raise ValueError("the teacher's logits contain NaN or inf on the first examples; "
-                         "check the teacher's checkpoint and the inputs' scale")
-    if better_than_chance(t_logits.float(), y) is False:
-        acc = (t_logits.argmax(1) == y)[y >= 0].float().mean().item()
-        warnings.warn(
-            f"the teacher gets {acc:.0%} right on {int((y >= 0).sum())} training examples, no better than "
-            f"chance ({chance_accuracy(y[y >= 0], K):.0%}): there is nothing to transfer. Is it trained, "
-            "and trained on these classes? Load it with kdlib.zoo.load_teacher or train it first",
-            WeakTeacherWarning, stacklevel=3)
+    with eval_mode(teacher), torch.no_grad():
+        t_logits = run_model(teacher, X, "teacher")
+    if t_logits.shape[1] != s_logits.shape[1]:
+        raise ValueError(f"the teacher predicts {t_logits.shape[1]} classes and the student {s_logits.shape[1]}; "
+                         "build the student with the teacher's num_classes")
+    _check_probe_labels(y, s_logits.shape[1], distilling=True)
+    _check_teacher_logits(t_logits, y, s_logits.shape[1])

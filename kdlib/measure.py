@@ -14,18 +14,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
+from .utils import eval_mode
+from .validation import check_callable, check_int, check_model
 
 
 def _check_counts(**counts) -> None:
     for name, v in counts.items():
-        low = 0 if name == "warmup" else 1
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        check_int(v, name, low=0 if name == "warmup" else 1)
 
 
 def _check_input(model: nn.Module, example_input, context=None) -> None:
@@ -33,16 +28,12 @@ def _check_input(model: nn.Module, example_input, context=None) -> None:
     shape or type mistake gives a clear error."""
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor, e.g. torch.zeros(1, *input_shape)")
-    was_training = model.training
-    model.eval()
     try:
-        with context or contextlib.nullcontext(), torch.no_grad():
+        with eval_mode(model), context or contextlib.nullcontext(), torch.no_grad():
             model(example_input)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    finally:
-        model.train(was_training)
 
 
 def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -50,7 +41,7 @@ def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    _check_model(model)
+    check_model(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
@@ -64,7 +55,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    _check_model(model)
+    check_model(model)
     counter = FlopCounterMode(display=False)
     _check_input(model, example_input, counter)
     return counter.get_total_flops() // 2
@@ -75,7 +66,7 @@ def serialized_size(model: nn.Module) -> int:
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    _check_model(model)
+    check_model(model)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes
@@ -89,8 +80,7 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 100) -
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be a function of no arguments, got {type(fn).__name__}")
+    check_callable(fn, "fn", allow_module=True, hint="a function of no arguments")
     _check_counts(repeats=repeats, warmup=warmup)
     for _ in range(warmup):
         fn()
@@ -108,9 +98,7 @@ class num_threads:
     """Context manager: run torch with `n` intra-op threads, then restore."""
 
     def __init__(self, n: int):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"the thread count must be a positive int, got {n!r}")
-        self.n = n
+        self.n = check_int(n, "the thread count n", low=1)
 
     def __enter__(self):
         self.old = torch.get_num_threads()
@@ -130,15 +118,10 @@ def latency(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, 
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    _check_model(model)
+    check_model(model)
     _check_input(model, example_input)
-    was_training = model.training
-    model.eval()
-    try:
-        with num_threads(threads), torch.inference_mode():
-            return time_fn(lambda: model(example_input), warmup=warmup, repeats=repeats)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), num_threads(threads), torch.inference_mode():
+        return time_fn(lambda: model(example_input), warmup=warmup, repeats=repeats)
 
 
 def profile(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, repeats: int = 100) -> dict:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
+from .validation import check_int, check_number
+
 
 def _tensor(x, name: str) -> torch.Tensor:
     """torch.as_tensor(x), with a clear error for something that is not an array of numbers."""
@@ -43,9 +45,7 @@ def _check_probs_labels(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_bins(n_bins) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
-    return n_bins
+    return check_int(n_bins, "n_bins", low=1)
 
 
 def reliability_diagram_data(probs, labels, n_bins: int = 15) -> dict:
@@ -136,9 +136,7 @@ def gap_closed(kd: float, alone: float, teacher: float) -> float:
 
     Introduced in: notebooks/05_distillation.ipynb
     """
-    for name, v in (("kd", kd), ("alone", alone), ("teacher", teacher)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TypeError(f"{name} must be a finite number, got {v!r}")
+    kd, alone, teacher = (check_number(v, name) for name, v in (("kd", kd), ("alone", alone), ("teacher", teacher)))
     if not teacher > alone:
         raise ValueError(f"the teacher ({teacher}) must score higher than the student alone ({alone}) "
                          "for a gap to be closed")
@@ -193,9 +191,8 @@ def per_class_accuracy(logits, labels, num_classes: int | None = None) -> torch.
         raise ValueError(f"need logits (N, K) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    if num_classes is not None:
+        check_int(num_classes, "num_classes", low=1, hint="or None for the logits' number of classes")
     K = num_classes or logits.shape[1]
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= K):
         raise ValueError(f"labels must lie in 0..{K - 1}")
@@ -216,9 +213,7 @@ def _finite_list(values, name: str) -> list[float]:
 
 
 def _check_confidence(confidence) -> float:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be a number in (0, 1) such as 0.95, got {confidence!r}")
-    return float(confidence)
+    return check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True, hint="e.g. 0.95")
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:

@@ -10,24 +10,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .validation import check_int, check_list, check_model, check_number
+
 
 def _check_shape(input_shape) -> tuple[int, int, int]:
-    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
-            or not all(isinstance(s, int) and s > 0 for s in input_shape)):
+    shape = tuple(check_list(input_shape, "input_shape", of=int, hint="(C, H, W) of positive ints"))
+    if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
-    return tuple(input_shape)
+    return shape
 
 
 def _check_positive(**kwargs) -> None:
     for k, v in kwargs.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{k} must be a positive int, got {v!r}")
+        check_int(v, k, low=1)
 
 
 def flat_features(layers: nn.Module, input_shape) -> int:
     """Number of features after running `layers` on one input of `input_shape`."""
-    if not isinstance(layers, nn.Module):
-        raise TypeError(f"layers must be a torch.nn.Module, got {type(layers).__name__}")
+    check_model(layers, "layers")
     input_shape = _check_shape(input_shape)
     try:
         with torch.no_grad():
@@ -55,8 +55,7 @@ class TeacherCNN(nn.Sequential):
                  hidden: int = 256, dropout: float = 0.3):
         C, H, W = _check_shape(input_shape)
         _check_positive(num_classes=num_classes, width=width, hidden=hidden)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        check_number(dropout, "dropout", low=0.0, high=1.0, high_open=True, hint="a probability")
         w = width
         features = [*_conv_block(C, w), *_conv_block(w, w), nn.MaxPool2d(2),
                     *_conv_block(w, 2 * w), *_conv_block(2 * w, 2 * w), nn.MaxPool2d(2), nn.Flatten()]

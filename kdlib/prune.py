@@ -12,7 +12,6 @@ Introduced in: notebooks/08_pruning.ipynb
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
@@ -21,6 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .train import distill, evaluate, train
+from .utils import eval_mode
+from .validation import check_choice, check_int, check_model, check_number
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 SCOPES = ("global", "layer")
@@ -36,24 +37,13 @@ _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Ha
 
 # ---------------------------------------------------------------- checks
 
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
 def check_amount(amount, name: str = "amount") -> float:
     """Raise a clear error unless `amount` is a fraction in [0, 1); return it as a float.
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-        raise TypeError(f"{name} must be a number in [0, 1) (the fraction to remove), "
-                        f"got {type(amount).__name__}")
-    if not math.isfinite(amount) or not 0 <= amount < 1:
-        raise ValueError(f"{name} must be in [0, 1): the fraction of weights or channels to remove "
-                         f"(0.9 removes 90%); got {amount!r}")
-    return float(amount)
+    return check_number(amount, name, low=0.0, high=1.0, high_open=True,
+                        hint="the fraction of weights or channels to remove (0.9 removes 90%)")
 
 
 # ---------------------------------------------------------------- unstructured
@@ -63,7 +53,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    _check_model(model)
+    check_model(model)
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
@@ -75,7 +65,7 @@ def is_pruned(model: nn.Module) -> bool:
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    return tprune.is_pruned(_check_model(model))
+    return tprune.is_pruned(check_model(model))
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
@@ -192,7 +182,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    for m in _check_model(model).modules():
+    for m in check_model(model).modules():
         for name, _ in list(m.named_parameters(recurse=False)):
             if name.endswith("_orig") and hasattr(m, name[:-5] + "_mask"):
                 tprune.remove(m, name[:-5])
@@ -210,8 +200,7 @@ def filter_norms(conv: nn.Conv2d, criterion: str = "l1") -> torch.Tensor:
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
+    check_choice(criterion, "criterion", CRITERIA)
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     w = conv.weight.detach().flatten(1)  # (C_out, C_in * kH * kW)
@@ -219,7 +208,9 @@ def filter_norms(conv: nn.Conv2d, criterion: str = "l1") -> torch.Tensor:
 
 
 def _check_multiple(multiple_of) -> int:
-    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int):
+        raise TypeError(f"multiple_of must be a positive int, got {type(multiple_of).__name__}")
+    if multiple_of < 1:
         raise ValueError(f"multiple_of must be a positive int (1: no rounding, 8: the SIMD width of fp32 "
                          f"kernels on x86), got {multiple_of!r}")
     return multiple_of
@@ -314,18 +305,14 @@ def _slice_linear_inputs(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
 def _shapes_before(model: nn.Sequential, example_input: torch.Tensor) -> list[tuple]:
     """The input shape of every layer of a Sequential, run once on `example_input`."""
     shapes, x = [], example_input
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for m in model:
                 shapes.append(tuple(x.shape))
                 x = m(x)
     except RuntimeError as err:
         raise ValueError(f"the model could not run on an input of shape {tuple(example_input.shape)}: "
                          f"{str(err).splitlines()[0]}") from None
-    finally:
-        model.train(was_training)
     shapes.append(tuple(x.shape))
     return shapes
 
@@ -370,11 +357,10 @@ def channel_prune(model: nn.Module, amount: float, example_input: torch.Tensor, 
 
     Introduced in: notebooks/08_pruning.ipynb
     """
-    _check_model(model)
+    check_model(model)
     amount = check_amount(amount)
     _check_multiple(multiple_of)
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
+    check_choice(criterion, "criterion", CRITERIA)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor, e.g. torch.zeros(1, *input_shape)")
     problem = _why_not_flat(model)
@@ -438,8 +424,7 @@ def gradual_schedule(final: float, num_steps: int, *, initial: float = 0.0) -> l
     Introduced in: notebooks/08_pruning.ipynb
     """
     final, initial = check_amount(final, "final"), check_amount(initial, "initial")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    check_int(num_steps, "num_steps", low=1)
     if initial > final:
         raise ValueError(f"initial ({initial}) must not exceed final ({final})")
     return [final + (initial - final) * (1 - t / num_steps) ** 3 for t in range(1, num_steps + 1)]
@@ -490,7 +475,7 @@ def prune_and_finetune(model: nn.Module, amounts, train_loader: DataLoader, *, s
         raise ValueError(f"amounts must be a non-empty increasing list of targets, got {amounts}")
     if structured and example_input is None:
         raise ValueError("structured=True needs example_input, e.g. torch.zeros(1, *input_shape)")
-    model, log, done = copy.deepcopy(_check_model(model)), [], 0.0
+    model, log, done = copy.deepcopy(check_model(model)), [], 0.0
     for step, target in enumerate(amounts):
         if structured:
             model = channel_prune(model, 1 - (1 - target) / (1 - done), example_input)

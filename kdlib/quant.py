@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .utils import eval_mode
+from .validation import check_int, check_model, check_number
+
 MIN_BITS, MAX_BITS = 2, 16
 METHODS = ("minmax", "percentile", "mse")
 _EPS = torch.finfo(torch.float32).eps  # smallest scale we allow (as PyTorch's observers do)
@@ -40,14 +43,9 @@ def check_bits(num_bits, name: str = "num_bits") -> int:
 
     Introduced in: notebooks/09_quantization.ipynb
     """
-    if isinstance(num_bits, bool) or not isinstance(num_bits, int):
-        raise TypeError(f"{name} must be an int between {MIN_BITS} and {MAX_BITS}, "
-                        f"got {type(num_bits).__name__} {num_bits!r}")
-    if not MIN_BITS <= num_bits <= MAX_BITS:
-        raise ValueError(f"{name} must be between {MIN_BITS} and {MAX_BITS}, got {num_bits}; "
-                         "1 bit is binarization (a different technique) and more than 16 bits "
-                         "is no longer worth quantizing")
-    return num_bits
+    return check_int(num_bits, name, low=MIN_BITS, high=MAX_BITS,
+                     hint="1 bit is binarization (a different technique) and more than 16 bits is no longer "
+                          "worth quantizing")
 
 
 def _check_tensor(x, name: str = "x") -> torch.Tensor:
@@ -139,8 +137,7 @@ def percentile_range(x: torch.Tensor, percentile: float = 99.99, *,
     Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50 < percentile <= 100:
-        raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
+    check_number(percentile, "percentile", low=50.0, high=100.0, low_open=True, hint="e.g. 99.9")
     rows = _per_channel(x.detach(), _check_axis(axis, x.ndim))
     n = rows.shape[1]
     k_hi = min(n, max(1, math.ceil(n * percentile / 100)))
@@ -164,8 +161,7 @@ def mse_range(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False, ax
     """
     _check_tensor(x)
     check_bits(num_bits)
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise ValueError(f"grid must be a positive int, got {grid!r}")
+    check_int(grid, "grid", low=1)
     axis = _check_axis(axis, x.ndim)
     lo, hi = _mse_rows(_per_channel(x.detach().float(), axis), num_bits, symmetric, grid)
     return (lo[0], hi[0]) if axis is None else (lo, hi)
@@ -565,8 +561,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     Introduced in: notebooks/09_quantization.ipynb
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     model = copy.deepcopy(model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
@@ -600,17 +595,18 @@ def prepare_qat(model: nn.Module, num_bits: int = 8, *, quantize_activations: bo
 
     Introduced in: notebooks/09_quantization.ipynb
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if any(isinstance(m, _QuantWrapper) for m in model.modules()):
         raise ValueError("model is already prepared for quantization; call prepare_qat on the float model")
     kwargs = dict(act_num_bits=act_num_bits, quantize_activations=quantize_activations, per_channel=per_channel,
                   weight_method=weight_method, act_method=act_method)
     check_bits(num_bits)
-    was_training = model.training
+    modes = {name: m.training for name, m in model.named_modules()}
     qmodel = fold_batchnorm(model) if fold_bn else copy.deepcopy(model)
     _swap_layers(qmodel, num_bits, kwargs)
-    return qmodel.train(was_training)
+    for name, m in qmodel.named_modules():  # each layer (a wrapper and what it wraps) in its own mode
+        m.training = modes.get(name, modes.get(name.rpartition(".")[0], model.training))
+    return qmodel
 
 
 def _swap_layers(module: nn.Module, num_bits: int, kwargs: dict) -> None:
@@ -628,8 +624,7 @@ def quant_layers(model: nn.Module) -> dict[str, _QuantWrapper]:
 
     Introduced in: notebooks/09_quantization.ipynb
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     return {n: m for n, m in model.named_modules() if isinstance(m, _QuantWrapper)}
 
 
@@ -653,11 +648,8 @@ def calibrate(model: nn.Module, loader, *, num_batches: int = 8, device=None) ->
     layers = quant_layers(model)
     if not layers:
         raise ValueError("model has no fake-quantized layers; pass the copy returned by prepare_qat")
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+    check_int(num_batches, "num_batches", low=1)
     observers = [m.act_observer for m in layers.values() if m.act_observer is not None]
-    was_training = model.training
-    model.eval()
     device = device or next(model.parameters()).device
     for obs in observers:
         obs.reset()
@@ -665,22 +657,28 @@ def calibrate(model: nn.Module, loader, *, num_batches: int = 8, device=None) ->
     if not hasattr(loader, "__iter__") or isinstance(loader, (str, bytes, dict)):
         raise TypeError(f"loader must yield (X, ...) batches, e.g. a DataLoader, got {type(loader).__name__}")
     try:
-        for i, batch in enumerate(loader):
-            if i == num_batches:
-                break
-            if not isinstance(batch, (list, tuple)) or not batch or not isinstance(batch[0], torch.Tensor):
-                raise TypeError("loader must yield (X, ...) batches with X a (B, C, H, W) tensor")
-            try:
-                model(batch[0].to(device))
-            except (RuntimeError, ValueError, IndexError) as err:
-                raise ValueError(f"the model cannot run on a batch of shape {tuple(batch[0].shape)}: "
-                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        with eval_mode(model):
+            _observe(model, loader, num_batches, device)
     finally:
         for obs in observers:
             obs.observing = False
     if observers and not all(obs.ready for obs in observers):
         raise ValueError("the loader yielded no batches; calibrate needs at least one")
-    return model.train(was_training)
+    return model
+
+
+def _observe(model: nn.Module, loader, num_batches: int, device) -> None:
+    """Run `model` on up to `num_batches` batches of `loader` (its observers record)."""
+    for i, batch in enumerate(loader):
+        if i == num_batches:
+            break
+        if not isinstance(batch, (list, tuple)) or not batch or not isinstance(batch[0], torch.Tensor):
+            raise TypeError("loader must yield (X, ...) batches with X a (B, C, H, W) tensor")
+        try:
+            model(batch[0].to(device))
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(f"the model cannot run on a batch of shape {tuple(batch[0].shape)}: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 def integer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -711,8 +709,7 @@ def weight_storage_bytes(model: nn.Module, num_bits: int = 32) -> int:
     """
     if num_bits != 32:
         check_bits(num_bits)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     total = 0.0
     for layer in model.modules():  # a wrapper's own layer is visited here too
         if isinstance(layer, (nn.Conv2d, nn.Linear)):

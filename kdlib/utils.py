@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_model, check_path
+from .validation import check_int, check_model, check_path
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -29,8 +29,7 @@ def seed_everything(seed: int = 0) -> None:
 
     Introduced in: notebooks/01_edge_budgets.ipynb
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int(seed, "seed")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -193,8 +192,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, overwrite: boo
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     path = _as_path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
@@ -245,8 +243,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | 
 
     Introduced in: notebooks/04_teacher.ipynb
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if sha256 is not None and not isinstance(sha256, str):
         raise TypeError(f"sha256 must be a hex string, got {type(sha256).__name__}")
     path = _existing_file(path, "checkpoint ")

@@ -73,7 +73,7 @@ def check_int(x, name: str, *, low: int | None = None, high: int | None = None, 
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"{name} must be an int, got {_type_name(x)}{_hint(hint)}")
     if (low is not None and x < low) or (high is not None and x > high):
-        where = (f"an int in [{low}, {high}]" if low is not None and high is not None
+        where = (f"an int between {low} and {high}" if low is not None and high is not None
                  else "a positive int" if low == 1 else f"an int >= {low}" if low is not None else f"an int <= {high}")
         raise ValueError(f"{name} must be {where}, got {x}{_hint(hint)}")
     return x

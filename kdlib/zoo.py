@@ -16,6 +16,7 @@ from .data import DatasetSplits, load_dataset, make_loader, random_shift_rotate
 from .models import TeacherCNN
 from .train import train
 from .utils import asset_path, load_or_train
+from .validation import check_model
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,8 @@ def load_student(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, t
     """
     from .models import StudentCNN
 
-    if teacher is not None and not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
+    if teacher is not None:
+        check_model(teacher, "teacher")
     ds = _check_splits(ds) if ds is not None else load_dataset(dataset, **load_kwargs)
     recipe = STUDENT_RECIPE
 

@@ -147,7 +147,7 @@ def test_torchvision_needs_root():
     (dict(augment=3), TypeError, "augment must be a function"),
     (dict(augment=lambda X, generator=None: None), ValueError, "shaped like its input"),
     (dict(augment=lambda X, generator=None: X[:, :, :4]), ValueError, "shaped like its input"),
-    (dict(seed="3"), ValueError, "seed must be an int"),
+    (dict(seed="3"), TypeError, "seed must be an int"),
 ])
 def test_augmented_copies_refuses_bad_augment_and_seed(kwargs, error, words):
     from kdlib.data import augmented_copies

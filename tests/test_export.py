@@ -401,5 +401,5 @@ def test_bad_batches_are_clear_errors(files, student, data):
         export.check_parity(files["onnx_fp32"], student, data["X"][:2], atol=float("nan"))
     with pytest.raises(ValueError, match="example_input has shape"):
         export.make_runner(files["onnx_fp32"], torch.zeros(1, 1, 14, 14))
-    with pytest.raises(TypeError, match="folder must be a str or Path"):
+    with pytest.raises(TypeError, match="folder must be a str or a pathlib.Path"):
         export.export_all(student, data["x1"], None, "s", calibration=data["calibration"])

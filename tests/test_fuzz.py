@@ -289,6 +289,12 @@ spec("utils.load_or_train", utils.load_or_train,
      path="path", make_model="callable", train_fn="callable")
 spec("utils.asset_path", utils.asset_path, _with(part="results"), _call=lambda part: utils.asset_path(part),
      part="str")
+spec("utils.check_new_file", utils.check_new_file, lambda: dict(path=Path(tempfile.mkdtemp(dir=TMP)) / "a.onnx",
+                                                              suffix=".onnx"), path="path", suffix="str?")
+spec("utils.check_existing_file", utils.check_existing_file, lambda: dict(path=saved_checkpoint(), suffix=".pt"),
+     path="path", suffix="str?")
+spec("utils.write_file", utils.write_file, lambda: dict(path=Path(tempfile.mkdtemp(dir=TMP)) / "a.bin", data=b"x"),
+     path="path", data="any")
 spec("utils.read_result", utils.read_result, _with(name="kd_gain"), name="str")
 spec("utils.eval_mode", utils.eval_mode, lambda: dict(model=toy_model()),
      _call=lambda model: utils.eval_mode(model).__enter__(), model="model")

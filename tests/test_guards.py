@@ -68,8 +68,10 @@ def test_looks_like_probabilities_hand_cases():
     assert not looks_like_probabilities(torch.tensor([[0.2, 0.3, 0.4]]))  # in [0, 1] but sums to 0.9
     assert not looks_like_probabilities(torch.zeros(0, 3))
     assert not looks_like_probabilities(torch.ones(4, 1))  # one class: nothing to tell
-    with pytest.raises(TypeError, match="floating-point tensor"):
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         looks_like_probabilities([[0.5, 0.5]])
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        looks_like_probabilities(torch.ones(2, 2, dtype=torch.int64))
 
 
 @settings(max_examples=100, deadline=None)

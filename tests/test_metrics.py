@@ -112,9 +112,9 @@ def test_gap_closed_hinton_mnist_figures():
 def test_gap_closed_errors():
     with pytest.raises(ValueError, match="must score higher"):
         gap_closed(0.9, 0.95, 0.95)
-    with pytest.raises(TypeError, match="finite number"):
+    with pytest.raises(TypeError, match="kd must be a number"):
         gap_closed(None, 0.9, 0.95)
-    with pytest.raises(TypeError, match="finite number"):
+    with pytest.raises(ValueError, match="finite number"):
         gap_closed(float("nan"), 0.9, 0.95)
 
 
