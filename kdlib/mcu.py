@@ -53,6 +53,8 @@ class QLayer:
     in_scale, in_zp / out_scale, out_zp: the activations' scales (float32) and zero points.
     pad: zero padding of a convolution (in real zeros, i.e. the value in_zp); pool: 0 or 2.
     relu: clamp the output at out_zp (the real 0) as well as at -128.
+
+    Introduced in: notebooks/11_microcontroller.ipynb
     """
 
     kind: str
@@ -229,7 +231,10 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """gemmlowp's SaturatingRoundingDoublingHighMul: a * b / 2^31 rounded to the nearest integer
     (ties upward: it equals (a * b + 2^30) >> 31) for int32 a, b; the one overflowing case
-    (-2^31 * -2^31) saturates to 2^31 - 1."""
+    (-2^31 * -2^31) saturates to 2^31 - 1.
+
+    Introduced in: notebooks/11_microcontroller.ipynb
+    """
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     total = a * b + np.where(a * b >= 0, 1 << 30, 1 - (1 << 30))
     high = np.where(total >= 0, total >> 31, -((-total) >> 31))   # C's division truncates toward zero
@@ -237,7 +242,10 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
 
 
 def rounding_divide_by_pot(x, exponent) -> np.ndarray:
-    """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero."""
+    """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero.
+
+    Introduced in: notebooks/11_microcontroller.ipynb
+    """
     x, exponent = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
     mask = (np.int64(1) << exponent) - 1
     threshold = (mask >> 1) + (x < 0)
@@ -312,6 +320,8 @@ def conv_accumulate(xq: np.ndarray, layer: QLayer) -> np.ndarray:
         xq: int8 (N, C_in, H, W).
     Returns:
         int32 (N, C_out, H', W').
+
+    Introduced in: notebooks/11_microcontroller.ipynb
     """
     c_out, c_in, kh, kw = layer.weight.shape
     p = layer.pad

@@ -62,7 +62,10 @@ def have_tools(*names: str) -> bool:
 
 
 def require_tools(*names: str) -> None:
-    """Raise ToolchainMissing, with the command that installs it, unless `names` are installed."""
+    """Raise ToolchainMissing, with the command that installs it, unless `names` are installed.
+
+    Introduced in: notebooks/11_microcontroller.ipynb
+    """
     missing = [n for n in names if not shutil.which(n)]
     if missing:
         what = "a C compiler" if missing == ["gcc"] else "the ARM toolchain and QEMU"
@@ -200,7 +203,7 @@ def _linker_script(folder: Path, flash: int, ram: int, stack: int, heap: int) ->
 def _arm_flags(cpu: str) -> list[str]:
     check_choice(cpu, "cpu", CPUS)
     return [f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=soft", "-std=c99", OPT, "-Wall", "-Wextra", "-Werror",
-            "-ffunction-sections", "-fdata-sections", "-fstack-usage", "-nostartfiles", "-Wl,--gc-sections"]
+            "-ffunction-sections", "-fdata-sections", "-nostartfiles", "-Wl,--gc-sections"]
 
 
 def build_firmware(model: QModel, folder, *, requant: str = "fixed", board: str = "mps2-an386") -> Path:
@@ -316,7 +319,10 @@ def run_qemu(elf, Xq, *, board: str = "mps2-an386", icount: bool = False, timeou
 
 
 def run_deploy(elf, *, board: str = "mps2-an386", timeout: float = 60) -> int:
-    """Run a `build_deploy` ELF under QEMU; returns its exit status (the predicted class)."""
+    """Run a `build_deploy` ELF under QEMU; returns its exit status (the predicted class).
+
+    Introduced in: notebooks/11_microcontroller.ipynb
+    """
     require_tools(QEMU)
     elf = check_path(elf, "elf")
     try:
@@ -340,8 +346,8 @@ def build_config() -> dict:
     sources = b"".join(asset_path("mcu", name).read_bytes()
                        for name in ("kernels.c", "harness.c", "deploy.c", "startup.c", "board.ld"))
     version = _run([ARM_GCC, "--version"], what=ARM_GCC).stdout.splitlines()[0] if have_tools(ARM_GCC) else None
-    return {"opt": OPT, "budget": dict(BUDGET), "deploy_stack": DEPLOY_STACK, "sources_sha256": sha256_bytes(sources),
-            "arm_gcc": version}
+    return {"opt": OPT, "flags": _arm_flags("cortex-m4"), "budget": dict(BUDGET), "deploy_stack": DEPLOY_STACK,
+            "boards": BOARDS, "sources_sha256": sha256_bytes(sources), "arm_gcc": version}
 
 
 # --------------------------------------------------------------------------- sizes
@@ -378,16 +384,6 @@ def symbol_sizes(elf) -> dict[str, int]:
         if len(parts) == 4:
             sizes[parts[3]] = sizes.get(parts[3], 0) + int(parts[1], 16)
     return sizes
-
-
-def stack_usage(folder) -> dict[str, int]:
-    """Static stack bytes per function, from gcc's `-fstack-usage` files (*.su) in `folder`."""
-    usage = {}
-    for su in _folder(folder).glob("*.su"):
-        for line in su.read_text().splitlines():
-            where, size, _ = line.rsplit("\t", 2)
-            usage[where.rsplit(":", 1)[-1]] = int(size)
-    return usage
 
 
 def memory_report(elf, model: QModel, *, stack_bytes: int | None = None) -> dict:
