@@ -29,6 +29,7 @@ With `--json PATH` the results are also written there (atomically; `--force` to 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -157,7 +158,16 @@ def main(argv=None) -> int:
     if args.json is not None and args.json.exists() and not args.force:
         print(f"error: {args.json} exists; pass --force to replace it", file=sys.stderr)
         return 2
-    mcu_c.require_tools("gcc", mcu_c.ARM_GCC, mcu_c.ARM_SIZE, mcu_c.ARM_NM, mcu_c.QEMU)
+    try:
+        mcu_c.require_tools("gcc", mcu_c.ARM_GCC, mcu_c.ARM_SIZE, mcu_c.ARM_NM, mcu_c.QEMU)
+    except mcu_c.ToolchainMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    missing = [m for m in ("litert_torch", "tflite_micro") if importlib.util.find_spec(m) is None]
+    if missing and not args.no_tflite:
+        print(f"error: {', '.join(missing)} not installed: pip install \"kdlib[mcu]\" (or pass --no-tflite)",
+              file=sys.stderr)
+        return 2
     start = time.perf_counter()
     ds = load_dataset("mnist5k")
     student = zoo.load_student("mnist5k", ds=ds, verbose=False)
