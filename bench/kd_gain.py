@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from kdlib.data import load_dataset, make_loader
+from kdlib.inference import evaluate
 from kdlib.metrics import format_mean_std, gap_closed, mean_std
-from kdlib.train import evaluate
 from kdlib.utils import atomic_write_text
 from kdlib.zoo import (DISTILL_RECIPE, distill_scarce, load_teacher, make_scarce_student, scarce_data, train_alone,
                        transfer_loader)

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from kdlib.data import load_dataset, make_loader
-from kdlib.train import cache_teacher_outputs, distill
+from kdlib.inference import cache_teacher_outputs
+from kdlib.train import distill
 from kdlib.zoo import DISTILL_RECIPE, load_teacher, make_scarce_student, scarce_data
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from kdlib.data import load_dataset, make_loader
+from kdlib.inference import evaluate, predict_logits
 from kdlib.metrics import expected_calibration_error, mean_confidence, mean_std
 from kdlib.models import TeacherCNN
-from kdlib.train import evaluate, predict_logits
 from kdlib.utils import atomic_write_text, seed_everything
 from kdlib.zoo import (DISTILL_RECIPE, TEACHER_RECIPE, distill_scarce, load_teacher, make_scarce_student,
                        scarce_data, train_teacher, transfer_loader)

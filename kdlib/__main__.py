@@ -6,9 +6,8 @@ import sys
 
 
 def _train_teacher(args) -> int:
-    from .data import load_dataset
-    from .train import evaluate
-    from .data import make_loader
+    from .data import load_dataset, make_loader
+    from .inference import evaluate
     from .zoo import load_teacher, teacher_path
 
     path = teacher_path(args.dataset)

@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .train import History, TeacherOutputs, _loader_like, distill, train
+from .inference import TeacherOutputs, loader_like
+from .train import History, distill, train
 from .validation import check_callable, check_int, check_list, check_loader, check_model
 
 
@@ -23,7 +24,7 @@ def _xy_loader(train_loader: DataLoader) -> DataLoader:
     ds = train_loader.dataset
     if not isinstance(ds, TeacherOutputs):
         return train_loader
-    return _loader_like(TensorDataset(*ds.tensors[:2]), train_loader)
+    return loader_like(TensorDataset(*ds.tensors[:2]), train_loader)
 
 
 def teacher_assistant_chain(teacher: nn.Module, assistants: Sequence[nn.Module], student: nn.Module,

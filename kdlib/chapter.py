@@ -48,7 +48,7 @@ class Chapter:
         """(wall seconds, CPU seconds of this process) since `begin`."""
         return time.perf_counter() - self.start, time.process_time() - self.start_cpu
 
-    def end(self) -> float:
+    def end(self) -> None:
         """Glue `runtime_s` (rounded to 5 s, for the header's "Runs in about N s") and print the run time.
 
         Introduced in: notebooks/01_edge_budgets.ipynb
@@ -56,7 +56,6 @@ class Chapter:
         runtime, cpu = self.elapsed()
         glue("runtime_s", f"{5 * max(1, round(runtime / 5)):.0f}", display=False)
         print(f"this page ran in {runtime:.0f} s ({cpu:.0f} s of CPU time in this kernel)")
-        return runtime
 
     def __repr__(self) -> str:
         return f"Chapter(running for {self.elapsed()[0]:.0f} s)"

@@ -31,8 +31,9 @@ from torch import nn
 
 from . import export, measure, prune
 from .data import DatasetSplits, as_tensors, augmented_copies, load_dataset, make_loader
+from .inference import cache_teacher_outputs, evaluate
 from .models import StudentCNN, TeacherCNN
-from .train import cache_teacher_outputs, distill, evaluate
+from .train import distill
 from .utils import atomic_write_bytes, atomic_write_text, load_checkpoint, save_checkpoint, seed_everything, \
     sha256_file
 from .zoo import load_teacher

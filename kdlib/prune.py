@@ -19,7 +19,8 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .train import distill, evaluate, train
+from .inference import evaluate
+from .train import distill, train
 from .utils import eval_mode
 from .validation import check_choice, check_int, check_model, check_number
 

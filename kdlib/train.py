@@ -1,33 +1,32 @@
-"""Train, distil and evaluate: the one loop every chapter uses.
+"""Train and distil: the one loop every chapter uses.
 
 `train` fits a model to labels; `distill` fits a student to a teacher's soft targets (and
-the labels), optionally with a feature term read from inner layers; `evaluate` reports
-accuracy, loss and agreement with a teacher. Both training functions are the same plain
+the labels), optionally with a feature term read from inner layers. Both are the same plain
 PyTorch loop (`_fit`: AdamW, a cosine schedule, a per-epoch `History`) around a different
-loss of one batch. `cache_teacher_outputs` computes a teacher's outputs once, for every
-epoch and every run that shares the loader.
+loss of one batch. Running a model over data (`predict_logits`, `evaluate`, the teacher's
+outputs cached once) lives in `kdlib.inference`.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader
 
-from .data import as_tensors, mixup as mix_batch
+from .data import mixup as mix_batch
 from .distributed import all_reduce_sum, is_main_process, shard, wrap
-from .guards import preflight, probe_batch, run_model, warn_if_train_mode
+from .guards import preflight, probe_batch, warn_if_train_mode
 from .hooks import capture, check_layer_names, collect
+from .inference import TeacherOutputs, cache_teacher_outputs, evaluate, fast_layout
 from .losses import check_temperature, kd_loss
-from .utils import eval_mode, get_device, seed_everything
+from .utils import get_device, seed_everything
 from .validation import (check_callable, check_choice, check_fraction, check_int, check_list, check_loader,
-                         check_model, check_number, check_tensor)
+                         check_model, check_number)
 
 
 @dataclass
@@ -78,36 +77,6 @@ def _epochs(num_epochs: int, progress: bool, desc: str):
     return trange(num_epochs, desc=desc, leave=False)
 
 
-def _channels_last(model: nn.Module, device) -> bool:
-    """Whether to run `model` in channels-last memory format: CNNs on a CPU.
-
-    Same numbers up to rounding, laid out (N, H, W, C) in memory: oneDNN's CPU kernels for
-    convolution, batch norm and max-pooling run about a third faster that way on the book's
-    models, in training and in inference (measured in the commit that added this).
-    """
-    return torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-_INFERENCE_CHUNK = 128  # images per forward pass in predict_logits (CNNs on a CPU)
-
-
-@contextlib.contextmanager
-def _fast_layout(model: nn.Module | None, device):
-    """Within the block, a CNN on a CPU keeps its 4-D weights channels-last; afterwards they
-    are back in the usual layout (a model that was channels-last already is left alone).
-    The parameters stay the same objects, so an optimizer built on them keeps working."""
-    weights = [p for p in model.parameters() if p.dim() == 4] if model is not None else []
-    already = any(not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-    if model is None or already or not _channels_last(model, device):
-        yield torch.channels_last if already else torch.contiguous_format
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield torch.channels_last
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-
-
 def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, schedule,
          val_loader, device, progress, desc, teacher: nn.Module | None = None) -> History:
     """The one training loop: `batch_loss(net, batch)` returns the loss of one batch."""
@@ -117,7 +86,7 @@ def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, s
     if sampler is not None:  # under torchrun: one shard of the data per process, gradients averaged
         net, progress = wrap(model, device), progress and is_main_process()
     bar = _epochs(num_epochs, progress, desc)
-    with _fast_layout(model, device) as memory_format, _fast_layout(teacher, device):
+    with fast_layout(model, device) as memory_format, fast_layout(teacher, device):
         for epoch in bar:
             t0 = time.perf_counter()
             if sampler is not None:
@@ -258,179 +227,6 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
 
     return _fit(model, train_loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
                 schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="train")
-
-
-# ----------------------------------------------------------------------------- inference
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model` in eval mode over `loader`; return (logits (N, K), labels (N,)) on the CPU.
-
-    Introduced in: notebooks/02_soft_labels.ipynb
-    """
-    check_model(model)
-    check_loader(loader, "loader")
-    device = get_device(device)
-    outs, ys = [], []
-    with eval_mode(model.to(device)), _fast_layout(model, device) as layout:
-        # a CNN on a CPU runs large batches in chunks: 128 images' activations stay in the
-        # processor's cache, 1,000 do not (the book's teacher: about twice as fast per image)
-        chunk = _INFERENCE_CHUNK if layout == torch.channels_last else None
-        for batch in loader:
-            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                raise TypeError("the loader must yield (X, y) batches, e.g. make_loader(TensorDataset(X, y))")
-            X = batch[0].to(device)
-            parts = X.split(chunk) if chunk and len(X) > chunk else (X,)
-            outs.extend(run_model(model, part).float().cpu() for part in parts)
-            ys.append(batch[1].cpu())
-    return torch.cat(outs), torch.cat(ys)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None = None, device=None) -> dict:
-    """Accuracy and mean cross-entropy of `model` on `loader`, and, given a teacher, the
-    fraction of examples where both predict the same class.
-
-    Returns:
-        {"accuracy": float, "loss": float} plus "agreement" with a teacher.
-
-    Introduced in: notebooks/04_teacher.ipynb
-    """
-    check_model(model)
-    check_loader(loader, "loader")
-    logits, y = predict_logits(model, loader, device=device)
-    if not torch.isfinite(logits).all():
-        raise ValueError("the model's logits contain NaN or inf: check the loader's images for NaN/inf, "
-                         "and the model's weights (did training diverge?)")
-    if y.is_floating_point() or bool(((y < 0) | (y >= logits.shape[1])).any()):
-        raise ValueError(f"the loader's labels must be class indices in 0..{logits.shape[1] - 1}; "
-                         "does the model have the data set's number of classes?")
-    out = {"accuracy": (logits.argmax(1) == y).float().mean().item(),
-           "loss": F.cross_entropy(logits, y).item()}
-    if teacher is not None:
-        t_logits, _ = predict_logits(teacher, loader, device=device)
-        if t_logits.shape != logits.shape:
-            raise ValueError(f"teacher predicts {t_logits.shape[1]} classes, the model {logits.shape[1]}")
-        out["agreement"] = (t_logits.argmax(1) == logits.argmax(1)).float().mean().item()
-    return out
-
-
-# ----------------------------------------------------------------------------- the teacher's outputs, once
-
-
-class TeacherOutputs(TensorDataset):
-    """A training set with a teacher's outputs cached beside each example: items are
-    (X, y, teacher_logits, *features), one feature per name in `.layers`. Made by
-    `cache_teacher_outputs`; `.teacher` is the teacher it came from (held weakly, None once
-    that teacher is gone).
-
-    Introduced in: notebooks/07_beyond_logits.ipynb
-    """
-
-    def __init__(self, X, y, teacher_logits, features, layers, teacher: nn.Module):
-        check_model(teacher, "teacher")
-        features = check_list(features, "features", nonempty=False, hint="one tensor per cached layer")
-        layers = check_list(layers, "layers", of=str, nonempty=False, hint="one name per cached feature tensor")
-        if len(features) != len(layers):
-            raise ValueError(f"need one layer name per feature tensor, got {len(layers)} names "
-                             f"for {len(features)} tensors")
-        tensors = {"X": X, "y": y, "teacher_logits": teacher_logits,
-                   **{f"features[{i}]": f for i, f in enumerate(features)}}
-        for name, t in tensors.items():
-            check_tensor(t, name, finite=False, nonempty=False)
-            if t.ndim == 0:
-                raise TypeError(f"{name} must be a tensor with one row per example, got a 0-d tensor")
-        check_tensor(teacher_logits, "teacher_logits", ndim=2, finite=False, nonempty=False,
-                     shape_hint="(N, num_classes)")
-        sizes = {name: t.shape[0] for name, t in tensors.items()}
-        if len(set(sizes.values())) != 1 or X.shape[0] == 0:
-            raise ValueError(f"every tensor needs the same number of rows (examples), at least one; got {sizes}")
-        super().__init__(X, y, teacher_logits, *features)
-        self.layers = tuple(layers)
-        self._teacher = weakref.ref(teacher)
-
-    @property
-    def teacher(self) -> nn.Module | None:
-        return self._teacher()
-
-    def __getitems__(self, indices: list) -> list[torch.Tensor]:
-        """A whole batch in one indexing per tensor (the DataLoader's fast path); `_stacked`
-        then passes it through instead of collating item by item."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return [t[index] for t in self.tensors]
-
-    def __repr__(self) -> str:
-        return f"TeacherOutputs(n={len(self)}, layers={list(self.layers)})"
-
-
-def _stacked(batch: list) -> list:
-    """The collate function of a `TeacherOutputs` loader: its batches come already stacked."""
-    return batch
-
-
-def _loader_like(dataset, train_loader: DataLoader, **kwargs) -> DataLoader:
-    """A loader over `dataset` with the batch size and shuffle (and its generator) of `train_loader`."""
-    shuffle = isinstance(train_loader.sampler, RandomSampler)
-    return DataLoader(dataset, batch_size=train_loader.batch_size, shuffle=shuffle,
-                      generator=train_loader.generator if shuffle else None, **kwargs)
-
-
-@torch.no_grad()
-def _run_teacher(teacher: nn.Module, X: torch.Tensor, layers: list[str], device) -> list[torch.Tensor]:
-    """[logits (N, K), *features] of the teacher on X, in chunks (as `predict_logits`), on the CPU."""
-    outs: list[list[torch.Tensor]] = [[] for _ in range(1 + len(layers))]
-    hooks = capture(teacher, layers, detach=True) if layers else contextlib.nullcontext({})
-    with eval_mode(teacher.to(device)), _fast_layout(teacher, device) as layout, hooks as feats:
-        chunk = _INFERENCE_CHUNK if layout == torch.channels_last else 256
-        for start in range(0, len(X), chunk):
-            logits = run_model(teacher, X[start:start + chunk].to(device), "teacher")
-            for lst, t in zip(outs, [logits, *collect(feats, layers)]):
-                lst.append(t.float().cpu())
-    return [torch.cat(o) for o in outs]
-
-
-def cache_teacher_outputs(teacher: nn.Module, train_loader: DataLoader, layers: Sequence[str] = (), *,
-                          logits: torch.Tensor | None = None, device=None) -> DataLoader:
-    """Run the teacher once over the training set and return a loader that yields
-    (X, y, teacher_logits, *teacher_features) with the same batch size and shuffle.
-
-    Pass that loader to `distill` (for any subset of `layers`) to skip the teacher's forward
-    pass in every epoch of every run: several students (a sweep, several seeds) share one
-    pass of the teacher. Valid only without data augmentation: the cached outputs belong to
-    the original images, not to augmented ones (a fixed set of augmented copies,
-    `kdlib.data.augmented_copies`, can be cached). Memory: N times the size of each cached
-    feature map.
-
-    Args:
-        teacher: the teacher (run in eval mode, without gradients; its modes are restored).
-        train_loader: yields (X, y) batches from a data set of N examples.
-        layers: names of the teacher layers whose outputs to cache.
-        logits: (N, K) teacher logits already computed for that data set, in its order (e.g.
-            rows of a larger cache); the teacher is then not run at all (no `layers` then).
-    Returns:
-        a DataLoader over a `TeacherOutputs` data set: X (B, C, H, W), y (B,),
-        teacher_logits (B, K), then one tensor per layer.
-
-    Introduced in: notebooks/05_distillation.ipynb
-    """
-    check_model(teacher, "teacher")
-    check_loader(train_loader)
-    if isinstance(train_loader.dataset, TeacherOutputs):
-        raise ValueError("train_loader already holds cached teacher outputs; pass the original (X, y) loader")
-    layers = check_list(layers, "layers", of=str, nonempty=False, hint="['3', '7'] (names in teacher.named_modules())")
-    if layers:
-        check_layer_names(teacher, layers, "layers")
-    X, y = as_tensors(train_loader.dataset)
-    if logits is None:
-        outs = _run_teacher(teacher, X, layers, get_device(device))
-    else:
-        check_tensor(logits, "logits", ndim=2, floating=True, shape_hint="(N, K)")
-        if len(logits) != len(X) or layers:
-            raise ValueError(f"logits must hold one row per example of the loader's data set (N = {len(X)}), got "
-                             f"{len(logits)}, and can stand in for the teacher only when no layers are cached")
-        outs = [logits]
-    return _loader_like(TeacherOutputs(X, y, outs[0], outs[1:], layers, teacher), train_loader, collate_fn=_stacked)
 
 
 # ----------------------------------------------------------------------------- distill

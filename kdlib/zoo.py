@@ -234,12 +234,12 @@ def train_alone(student: nn.Module, labelled, recipe: DistillRecipe = DISTILL_RE
 def transfer_loader(teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE):
     """A loader over the recipe's transfer set, (X, y, teacher_logits): the `recipe.copies`
     versions of `transfer` when `recipe.augment`, else `transfer` itself, with the teacher's
-    logits computed once (`kdlib.train.cache_teacher_outputs`). Share it between seeds.
+    logits computed once (`kdlib.inference.cache_teacher_outputs`). Share it between seeds.
 
     Introduced in: notebooks/05_distillation.ipynb
     """
     from .data import augmented_copies
-    from .train import cache_teacher_outputs
+    from .inference import cache_teacher_outputs
 
     _check_recipe(recipe, DistillRecipe)
     data = augmented_copies(transfer, recipe.copies, seed=recipe.label_seed) if recipe.augment else transfer

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib import data, measure, models, train, utils
+from kdlib import data, inference, measure, models, train, utils
 
 
 # -- utils ----------------------------------------------------------------------------------
@@ -169,12 +169,12 @@ def test_cnns_train_channels_last_on_cpu_with_the_same_numbers(digits, monkeypat
         m = models.StudentCNN((1, 8, 8), width=4, depth=2)
         return m, train.train(m, loader, num_epochs=3, lr=1e-2, progress=False, seed=0)
 
-    assert train._channels_last(models.StudentCNN((1, 8, 8), width=4, depth=1), "cpu")
-    assert not train._channels_last(models.StudentMLP((1, 8, 8)), "cpu")  # no convolution: nothing to gain
+    assert inference.channels_last(models.StudentCNN((1, 8, 8), width=4, depth=1), "cpu")
+    assert not inference.channels_last(models.StudentMLP((1, 8, 8)), "cpu")  # no convolution: nothing to gain
     fast, h_fast = run()
     conv = [m for m in fast.modules() if isinstance(m, nn.Conv2d)][-1].weight  # (8, 4, 3, 3)
     assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)  # handed back as usual
-    monkeypatch.setattr(train, "_channels_last", lambda model, device: False)
+    monkeypatch.setattr(inference, "channels_last", lambda model, device: False)
     plain, h_plain = run()
     assert h_fast.train_loss == pytest.approx(h_plain.train_loss, rel=1e-4)  # the same training, laid out differently
     for a, b in zip(fast.state_dict().values(), plain.state_dict().values()):
@@ -182,21 +182,21 @@ def test_cnns_train_channels_last_on_cpu_with_the_same_numbers(digits, monkeypat
     monkeypatch.undo()
     # inference too: same logits, and a model that was channels-last stays so
     X = data.as_tensors(digits.test)[0]
-    logits, _ = train.predict_logits(fast, data.make_loader(digits.test, 64))
+    logits, _ = inference.predict_logits(fast, data.make_loader(digits.test, 64))
     torch.testing.assert_close(logits, fast(X), rtol=1e-4, atol=1e-5)
-    assert len(X) > train._INFERENCE_CHUNK  # one batch of the whole test set: run in chunks, same logits
-    whole, y = train.predict_logits(fast, data.make_loader(digits.test, len(X)))
+    assert len(X) > inference.INFERENCE_CHUNK  # one batch of the whole test set: run in chunks, same logits
+    whole, y = inference.predict_logits(fast, data.make_loader(digits.test, len(X)))
     torch.testing.assert_close(whole, logits, rtol=1e-4, atol=1e-5)
     assert len(whole) == len(y) == len(X)
     assert conv.is_contiguous()
     fast.to(memory_format=torch.channels_last)
-    train.predict_logits(fast, data.make_loader(digits.test, 64))
+    inference.predict_logits(fast, data.make_loader(digits.test, 64))
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_evaluate_agreement_with_itself_is_one(digits):
     m = models.StudentMLP((1, 8, 8), hidden=(16,))
-    r = train.evaluate(m, data.make_loader(digits.val, 64), teacher=m)
+    r = inference.evaluate(m, data.make_loader(digits.val, 64), teacher=m)
     assert r["agreement"] == 1.0 and 0 <= r["accuracy"] <= 1
 
 
@@ -208,9 +208,9 @@ def test_distill_moves_student_towards_teacher(digits):
     train.train(teacher, loader, num_epochs=8, lr=1e-2, progress=False, seed=0)
     utils.seed_everything(1)
     student = models.StudentMLP((1, 8, 8), hidden=(32,))
-    before = train.evaluate(student, val, teacher=teacher)["agreement"]
+    before = inference.evaluate(student, val, teacher=teacher)["agreement"]
     train.distill(student, teacher, loader, T=4.0, alpha=1.0, num_epochs=8, lr=1e-2, progress=False, seed=0)
-    assert train.evaluate(student, val, teacher=teacher)["agreement"] > max(before, 0.8)
+    assert inference.evaluate(student, val, teacher=teacher)["agreement"] > max(before, 0.8)
 
 
 def test_train_bad_arguments(digits):

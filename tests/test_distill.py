@@ -131,7 +131,7 @@ def test_cache_with_augment_is_refused():
 
 
 def test_a_cached_loader_is_reused_without_running_the_teacher_again():
-    from kdlib.train import cache_teacher_outputs
+    from kdlib.inference import cache_teacher_outputs
 
     ds = _toy_data(256)
     teacher = _toy_teacher(ds)
@@ -153,7 +153,7 @@ def test_a_cached_loader_is_reused_without_running_the_teacher_again():
 
 
 def test_cache_teacher_outputs_accepts_precomputed_logits():
-    from kdlib.train import cache_teacher_outputs, predict_logits
+    from kdlib.inference import cache_teacher_outputs, predict_logits
 
     ds = _toy_data(64)
     teacher = _toy_teacher(ds)

@@ -8,14 +8,15 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdlib.data import make_loader
 from kdlib.chains import born_again, teacher_assistant_chain
+from kdlib.data import make_loader
 from kdlib.hooks import capture, feature_shapes
+from kdlib.inference import cache_teacher_outputs, TeacherOutputs
 from kdlib.losses import (FitNetsHint, angle_potentials, attention_loss, attention_map, distance_potentials,
                           dkd_loss, dkd_terms, hint_loss, hint_regressor, kd_loss, rkd_angle_loss, rkd_distance_loss,
                           rkd_loss)
 from kdlib.models import StudentCNN
-from kdlib.train import TeacherOutputs, cache_teacher_outputs, distill
+from kdlib.train import distill
 from kdlib.utils import seed_everything
 
 # The training tests use tiny random teachers: they test the plumbing (seeding, caching,

@@ -37,13 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdlib
-from kdlib import chains, chapter, data, guards, hooks, losses, measure, models, train, utils, validation, zoo
+from kdlib import chains, chapter, data, guards, hooks, inference, losses, measure, models, train, utils, validation, zoo
 
 KDLIB_DIR = Path(kdlib.__file__).resolve().parent
 # FloatingPointError: kdlib's own message when training diverges; PermissionError: an unwritable folder
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, PermissionError)
-MODULES = ["utils", "validation", "data", "models", "losses", "guards", "hooks", "train", "distributed", "chains",
-           "measure", "zoo", "metrics", "prune", "quant", "export", "pipeline", "chapter"]
+MODULES = ["utils", "validation", "data", "models", "losses", "guards", "hooks", "inference", "train", "distributed",
+           "chains", "measure", "zoo", "metrics", "prune", "quant", "export", "pipeline", "chapter"]
 TMP = Path(tempfile.mkdtemp(prefix="kdlib-fuzz-"))
 # no shrinking: the failure message already names the function, the argument and the value
 FUZZ_SETTINGS = settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -371,11 +371,11 @@ spec("train.distill", train.distill,
      student="model", teacher="model", train_loader="loader", T="number", alpha="number", num_epochs="int",
      lr="number", schedule="str", val_loader="loader?", feature_loss="callable?", student_layers="any",
      beta="number", augment="callable?", mixup="number?", logit_loss="callable?")
-spec("train.evaluate", train.evaluate, lambda: dict(model=toy_model(), loader=toy_loader()),
+spec("inference.evaluate", inference.evaluate, lambda: dict(model=toy_model(), loader=toy_loader()),
      model="model", loader="loader", teacher="model?")
-spec("train.predict_logits", train.predict_logits, lambda: dict(model=toy_model(), loader=toy_loader()),
+spec("inference.predict_logits", inference.predict_logits, lambda: dict(model=toy_model(), loader=toy_loader()),
      model="model", loader="loader")
-spec("train.cache_teacher_outputs", train.cache_teacher_outputs,
+spec("inference.cache_teacher_outputs", inference.cache_teacher_outputs,
      lambda: dict(teacher=toy_teacher(), train_loader=toy_loader()), teacher="model", train_loader="loader")
 spec("data.partially_labelled", data.partially_labelled,
      lambda: (lambda ds: dict(dataset=ds, labelled=data.labelled_subset(ds, 6)))(toy_dataset()),
@@ -471,7 +471,7 @@ if True:  # losses, hooks, chains and the teacher-output cache
     _distill_kw = dict(num_epochs=1, progress=False)
     spec("losses.FitNetsHint", losses.FitNetsHint, _with(student_channels=(2,), teacher_channels=(4,)),
          student_channels="any", teacher_channels="any")
-    spec("train.TeacherOutputs", train.TeacherOutputs,
+    spec("inference.TeacherOutputs", inference.TeacherOutputs,
          lambda: dict(X=toy_x(4), y=toy_labels(4), teacher_logits=toy_logits(4), features=[], layers=[],
                       teacher=toy_teacher()),
          X="tensor", y="tensor", teacher_logits="tensor", features="any", layers="any", teacher="model")
@@ -504,7 +504,7 @@ if True:  # losses, hooks, chains and the teacher-output cache
     spec("hooks.feature_shapes", hooks.feature_shapes,
          lambda: dict(model=toy_model(), names=["0"], input_shape=(1, 8, 8)),
          model="model", names="any", input_shape="any")
-    spec("train.cache_teacher_outputs (layers)", train.cache_teacher_outputs,
+    spec("inference.cache_teacher_outputs (layers)", inference.cache_teacher_outputs,
          lambda: dict(teacher=toy_teacher(), train_loader=toy_loader(), layers=["0"]),
          teacher="model", train_loader="loader", layers="any")
     spec("chains.teacher_assistant_chain", chains.teacher_assistant_chain,
@@ -693,6 +693,9 @@ EXEMPT = {
     "validation": {name: "an input check: raising a clear error on bad input is its whole job"
                    for name, _ in inspect.getmembers(validation, inspect.isfunction)
                    if not name.startswith("_") and _.__module__ == "kdlib.validation"},
+    "inference": {"channels_last": "a yes/no on a model the caller already checked",
+                  "fast_layout": "a context manager used by train and inference on checked models",
+                  "loader_like": "builds a loader from one that kdlib.train already checked"},
     "hooks": {"collect": "reads the dict that capture fills; fuzzed through capture and distill",
               "check_layer_names": "an input check: raising a clear error on bad input is its whole job"},
     "chapter": {"Chapter": "the clock of a chapter: no arguments", "GLUED": "a dict"},

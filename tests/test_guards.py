@@ -16,9 +16,10 @@ from kdlib.data import make_loader
 from kdlib.guards import (KDWarning, ProbabilitiesWarning, TeacherGradWarning, TeacherModeWarning,
                           WeakTeacherWarning, better_than_chance, chance_accuracy, looks_like_probabilities,
                           preflight, probe_batch, run_model)
+from kdlib.inference import evaluate, predict_logits
 from kdlib.losses import kd_loss, soft_targets
 from kdlib.models import StudentCNN, StudentMLP
-from kdlib.train import distill, evaluate, predict_logits, train
+from kdlib.train import distill, train
 
 K = 4
 
