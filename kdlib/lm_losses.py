@@ -5,7 +5,7 @@ V. So chapter 3's loss applies position by position, and the shapes gain a time 
 
     student_logits, teacher_logits   (B, T, V)  scores of the next token at every position
     labels, tokens                   (B, T)     the true (or the teacher's) next tokens
-    teacher_values, teacher_indices  (B, T, k)  a cache of the teacher's k largest logits per position
+    teacher_log_probs, ..._indices   (B, T, k)  a cache of the teacher's k largest log-probabilities
 
 Every loss returns a scalar averaged over the B * T positions. Teacher tensors are treated as
 constants (no gradient flows into the teacher).
@@ -70,53 +70,76 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     return kd_loss(student_logits.reshape(-1, V), teacher_logits.reshape(-1, V), labels, T=T, alpha=alpha)
 
 
-def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor,
-                 T: float = 1.0) -> torch.Tensor:
-    """Token-level distillation from a cache of the teacher's top-k logits per position.
+def topk_kd_loss(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, teacher_indices: torch.Tensor,
+                 T: float = 1.0, *, tail: str = "bucket") -> torch.Tensor:
+    """Token-level distillation from a cache of the teacher's top-k log-probabilities per position.
 
-    Large-model distillation stores the teacher's outputs once, but V logits per token are too
-    many to keep (V is 32k to 256k for LLMs), so only the k largest are stored, with their token
-    ids. The tail mass (the teacher's probability of the V - k tokens outside its top k) is
-    **dropped and the top k are renormalized**: the target is
+    Large-model distillation stores the teacher's outputs once, but V numbers per token are too
+    many to keep (V is 32 k to 256 k for LLMs), so only the k largest are stored, with their token
+    ids: here log p_T,j = log_softmax(z_t / T)_j for the teacher's k most likely tokens j (see
+    `kdlib.lm_train.topk_cache`). What is lost is how the teacher spreads its **tail mass**
+    m = 1 - sum_{j in top-k} p_T,j over the other V - k tokens. Two ways to handle it:
 
-        p~_j = exp(z_j / T) / sum_{i in top-k} exp(z_i / T)     for j in top-k, 0 elsewhere,
+    - tail="bucket" (the default): the tail is kept as one outcome. With q_T the student's
+      distribution over all V tokens and r = 1 - sum_{j in top-k} q_T,j its mass outside the
+      teacher's top k,
 
-    computed from the stored logits alone (so any T works with one cache). The student's
-    log-probabilities log q_T stay normalized over the whole vocabulary, so whatever mass the
-    student puts outside the teacher's top k lowers log q_T on the top k and is penalized:
+          L = T^2 * mean_{b,t} [ sum_{j in top-k} p_T,j log(p_T,j / q_T,j) + m log(m / r) ],
 
-        L = T^2 * (1 / BT) sum_{b,t} sum_{j in top-k} p~_j (log p~_j - log q_T,j)  = KL(p~ || q_T).
+      the exact KL between the two distributions coarsened to k + 1 outcomes (the top k and
+      "anything else"): the student learns how much mass the tail holds, not how it is shared.
+    - tail="renormalize": the tail is dropped and the top k renormalized,
+      p~_j = p_T,j / sum_{i in top-k} p_T,i, and L = T^2 * mean_{b,t} KL(p~ || q_T). The student
+      is then taught that the tail has probability 0, so it learns to be over-confident; chapter
+      12 measures what that costs.
 
-    With k = V this is `token_kd_loss` (alpha = 1) exactly; with k < V it is the KL to the
-    truncated teacher, which differs from the full loss by how much mass the tail held.
+    With k = V both equal `token_kd_loss` (alpha = 1) exactly.
 
     Args:
         student_logits: (B, T, V).
-        teacher_values: (B, T, k) the teacher's k largest logits (any float dtype, e.g. float16).
+        teacher_log_probs: (B, T, k) the teacher's k largest log-probabilities at temperature T
+            (any float dtype, e.g. float16).
         teacher_indices: (B, T, k) their token ids (any integer dtype, e.g. uint8 when V <= 256).
-        T: temperature > 0.
+        T: the temperature the cache was made at, > 0.
+        tail: "bucket" or "renormalize".
     Returns:
         a scalar tensor.
 
     Introduced in: notebooks/12_language_model.ipynb
     """
+    from .validation import check_choice
+
     _check_seq_logits("student_logits", student_logits)
-    check_tensor(teacher_values, "teacher_values", ndim=3, floating=True, shape_hint="(B, T, k)")
+    check_tensor(teacher_log_probs, "teacher_log_probs", ndim=3, floating=True, shape_hint="(B, T, k)")
     check_tensor(teacher_indices, "teacher_indices", ndim=3, floating=False, shape_hint="(B, T, k)")
+    check_choice(tail, "tail", ("bucket", "renormalize"))
     B, L, V = student_logits.shape
-    if teacher_values.shape != teacher_indices.shape or teacher_values.shape[:2] != (B, L):
-        raise ValueError(f"teacher_values {tuple(teacher_values.shape)} and teacher_indices "
+    if teacher_log_probs.shape != teacher_indices.shape or teacher_log_probs.shape[:2] != (B, L):
+        raise ValueError(f"teacher_log_probs {tuple(teacher_log_probs.shape)} and teacher_indices "
                          f"{tuple(teacher_indices.shape)} must both be (B, T, k) with (B, T) = {(B, L)}")
-    if not 1 <= teacher_values.shape[-1] <= V:
-        raise ValueError(f"k = {teacher_values.shape[-1]} logits per position; it must lie in 1..V = {V}")
+    if not 1 <= teacher_log_probs.shape[-1] <= V:
+        raise ValueError(f"k = {teacher_log_probs.shape[-1]} values per position; it must lie in 1..V = {V}")
     idx = teacher_indices.long()
     if int(idx.min()) < 0 or int(idx.max()) >= V:
         raise ValueError(f"teacher_indices must lie in 0..{V - 1}, got values up to {int(idx.max())}")
+    if float(teacher_log_probs.detach().max()) > 1e-3:
+        raise ValueError("teacher_log_probs must be log-probabilities (<= 0), e.g. from kdlib.lm_train.topk_cache, "
+                         "not raw logits")
     T = check_temperature(T)
-    log_p = F.log_softmax(teacher_values.detach().float() / T, dim=-1)         # (B, T, k) renormalized top k
-    log_q = F.log_softmax(student_logits / T, dim=-1).gather(-1, idx)           # (B, T, k) over all V
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)                                # (B, T)
-    return kl.mean() * T * T
+    log_p = teacher_log_probs.detach().float()                                  # (B, T, k)
+    log_q_all = F.log_softmax(student_logits / T, dim=-1)                       # (B, T, V)
+    log_q = log_q_all.gather(-1, idx)                                           # (B, T, k)
+    if tail == "renormalize":
+        log_p = log_p.log_softmax(dim=-1)                                       # top k sum to 1
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * T * T
+    kl_top = (log_p.exp() * (log_p - log_q)).sum(-1)                            # (B, T)
+    if idx.shape[-1] == V:
+        return kl_top.mean() * T * T                                            # no tail at all
+    m = (1 - log_p.exp().sum(-1)).clamp(min=0)                                  # (B, T) teacher's tail mass
+    outside = torch.ones_like(log_q_all, dtype=torch.bool).scatter(-1, idx, False)
+    log_r = log_q_all.masked_fill(~outside, float("-inf")).logsumexp(-1)        # (B, T) student's tail, log
+    kl_tail = torch.xlogy(m, m) - torch.where(m > 0, m * log_r, torch.zeros_like(m))
+    return (kl_top + kl_tail).mean() * T * T
 
 
 def reverse_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:

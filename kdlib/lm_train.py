@@ -63,6 +63,8 @@ def evaluate_lm(model: nn.Module, ids: torch.Tensor, *, teacher: nn.Module | Non
 
     Returns:
         {"loss": mean cross-entropy (nats), "bpc": the same in bits per character,
+         "entropy_bits": the mean entropy of the model's predictions in bits (below "bpc": the model
+         is more confident than its errors justify),
          "accuracy": how often the most likely next character is the true one,
          "agreement": with `teacher`, how often it is the teacher's most likely one (top-1 agreement),
          "chars": how many predictions were scored}.
@@ -73,17 +75,20 @@ def evaluate_lm(model: nn.Module, ids: torch.Tensor, *, teacher: nn.Module | Non
     X, Y = windows(ids, model.cfg.context)  # (n, T) each
     if max_windows is not None:
         X, Y = X[:check_int(max_windows, "max_windows", low=1)], Y[:max_windows]
-    loss_sum, correct, agree = 0.0, 0, 0
+    loss_sum, entropy_sum, correct, agree = 0.0, 0.0, 0, 0
     for i in range(0, len(X), batch_size):
         z = predict_windows(model, X[i:i + batch_size], batch_size=batch_size)  # (b, T, V)
         y = Y[i:i + batch_size]
         loss_sum += float(F.cross_entropy(z.flatten(0, 1).double(), y.flatten(), reduction="sum"))
+        log_q = F.log_softmax(z.double(), dim=-1)
+        entropy_sum += float(-(log_q.exp() * log_q).sum())
         correct += int((z.argmax(-1) == y).sum())
         if teacher is not None:
             zt = predict_windows(teacher, X[i:i + batch_size], batch_size=batch_size)
             agree += int((z.argmax(-1) == zt.argmax(-1)).sum())
     n = Y.numel()
-    out = {"loss": loss_sum / n, "bpc": loss_sum / n / LN2, "accuracy": correct / n, "chars": n}
+    out = {"loss": loss_sum / n, "bpc": loss_sum / n / LN2, "entropy_bits": entropy_sum / n / LN2,
+           "accuracy": correct / n, "chars": n}
     if teacher is not None:
         out["agreement"] = agree / n
     return out
@@ -302,15 +307,17 @@ class LMDistillRecipe:
     context: int = 128
     steps: int = 600                # gradient steps (600 x 32 x 128 = 2.5 M characters, 2.4 passes over train)
     batch_size: int = 32
-    lr: float = 3e-3                # AdamW peak learning rate, 50 warm-up steps, cosine decay to lr / 10
+    lr: float = 2e-2                # AdamW peak learning rate (the student alone's best on val), 50 warm-up steps
     warmup: int = 50
     weight_decay: float = 0.1
     T: float = 1.0                  # token-level KD temperature (chosen on val: bench/lm_kd.py --sweep)
-    top_k: int = 8                  # teacher logits kept per position in the top-k cache
+    top_k: int = 8                  # teacher log-probabilities kept per position in the top-k cache
+    tail: str = "bucket"            # how the top-k loss treats the teacher's tail mass (see topk_kd_loss)
     gen_prompt: int = 8             # sequence-level KD: real characters that start each teacher window
     gen_temperature: float = 1.0    # the teacher samples its text at this temperature
     policy_prompt: int = 64         # on-policy: real characters before the student's own continuation
     policy_temperature: float = 1.0  # the student samples its continuation at this temperature
+    policy_warmup: float = 0.5      # on-policy: the first half of the steps are token-level KD (a trained start)
     data_seed: int = 0              # seed of the teacher's generated text (shared by every student seed)
 
 
@@ -328,23 +335,26 @@ def _check_method(method) -> str:
 
 
 @torch.no_grad()
-def topk_cache(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a top-k cache of the teacher's outputs stores: its k largest logits per position in
-    float16 and their token ids in uint8 (3 bytes per kept logit instead of 4 per logit).
+def topk_cache(logits: torch.Tensor, k: int, T: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a top-k cache of the teacher's outputs stores: at every position its k largest
+    log-probabilities at temperature T, log_softmax(logits / T), in float16, and their token ids
+    in uint8: 3 bytes per kept value instead of 4 per vocabulary entry (for `topk_kd_loss`).
 
     Args:
         logits: (n, T, V) the teacher's logits, V <= 256.
     Returns:
-        (values (n, T, k) float16, indices (n, T, k) uint8).
+        (log_probs (n, T, k) float16, indices (n, T, k) uint8), most likely first.
 
     Introduced in: notebooks/12_language_model.ipynb
     """
+    from .losses import check_temperature
+
     V = logits.shape[-1]
     check_int(k, "k", low=1, high=V)
     if V > 256:
         raise ValueError(f"uint8 token ids hold a vocabulary of at most 256, got V = {V}")
-    values, indices = logits.topk(k, dim=-1)  # (n, T, k) each, largest first
-    return values.half(), indices.to(torch.uint8)
+    log_probs, indices = F.log_softmax(logits.float() / check_temperature(T), dim=-1).topk(k, dim=-1)  # (n, T, k)
+    return log_probs.half(), indices.to(torch.uint8)
 
 
 @torch.no_grad()
@@ -388,14 +398,14 @@ def method_data(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tenso
             cache[f"{name}_s"] = time.perf_counter() - t0
         return cache[name]
 
-    if method in ("alone", "on_policy"):
+    if method == "alone" or (method == "on_policy" and recipe.policy_warmup == 0):
         return X, Y
     if method == "seq_kd":
         return once("teacher_text", lambda: teacher_text(teacher, X, recipe))
     logits = once("logits", lambda: predict_windows(teacher, X, batch_size=256))  # (n, T, V)
-    if method == "kd_full":
+    if method in ("kd_full", "on_policy"):  # on-policy: its warm-up steps are token-level KD
         return X, Y, logits
-    return (X, Y) + once(f"top{recipe.top_k}", lambda: topk_cache(logits, recipe.top_k))
+    return (X, Y) + once(f"top{recipe.top_k}_T{recipe.T:g}", lambda: topk_cache(logits, recipe.top_k, recipe.T))
 
 
 def method_loss(method: str, teacher: nn.Module, recipe: LMDistillRecipe = LM_DISTILL_RECIPE) -> Callable:
@@ -412,12 +422,17 @@ def method_loss(method: str, teacher: nn.Module, recipe: LMDistillRecipe = LM_DI
     if method == "kd_full":
         return lambda m, b: token_kd_loss(m(b[0]), b[2].float(), T=recipe.T)
     if method == "kd_topk":
-        return lambda m, b: topk_kd_loss(m(b[0]), b[2], b[3], T=recipe.T)
+        return lambda m, b: topk_kd_loss(m(b[0]), b[2], b[3], T=recipe.T, tail=recipe.tail)
     if method == "seq_kd":
         return lambda m, b: sequence_kd_loss(m(b[0]), b[1])
 
+    kd_steps, step = int(recipe.policy_warmup * recipe.steps), [0]
+
     def on_policy(m, b):
         X = b[0]                                       # (B, T) real windows
+        step[0] += 1
+        if step[0] <= kd_steps:                        # warm-up: token-level KD on the real text
+            return token_kd_loss(m(X), b[2].float(), T=recipe.T)
         P = recipe.policy_prompt
         sample = generate(m, X[:, :P], X.shape[1] - P, temperature=recipe.policy_temperature)  # (B, T)
         with torch.no_grad(), eval_mode(teacher):
@@ -451,3 +466,70 @@ def distill_lm(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tensor
                        loss_fn=method_loss(method, teacher, recipe), val_ids=val_ids, eval_every=eval_every,
                        seed=seed, progress=progress)
     return student, history
+
+
+@torch.no_grad()
+def sample_diversity(model: nn.Module, prompts: torch.Tensor, num_chars: int, *, teacher: nn.Module | None = None,
+                     n: int = 4, temperature: float = 1.0, seed: int = 0) -> dict:
+    """How varied a model's samples are: it continues each prompt (B, P) by `num_chars` characters
+    (P + num_chars <= its context), and we measure
+
+    - "distinct": the share of distinct character n-grams among all n-grams of the continuations
+      (pooled over the B samples; 1 = no n-gram repeats);
+    - "entropy_bits": the mean entropy, in bits, of the distribution each character was drawn from;
+    - "teacher_bpc": with `teacher`, its bits per character on the continuations (how likely the
+      teacher finds them: lower = more typical text);
+
+    and return them with "ids", the (B, P + num_chars) samples.
+
+    Introduced in: notebooks/12_language_model.ipynb
+    """
+    from .lm import generate
+
+    check_model(model)
+    check_int(n, "n", low=1)
+    P = prompts.shape[1]
+    if P + num_chars > model.cfg.context or num_chars < n:
+        raise ValueError(f"need n <= num_chars and prompt + num_chars <= context ({model.cfg.context}), "
+                         f"got {P} + {num_chars}")
+    ids = generate(model, prompts, num_chars, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    new = ids[:, P:]  # (B, N)
+    grams = [tuple(row[i:i + n]) for row in new.tolist() for i in range(len(row) - n + 1)]
+    with eval_mode(model):
+        log_q = F.log_softmax(model(ids[:, :-1])[:, P - 1:] / temperature, dim=-1)  # (B, N, V) each draw
+    out = {"distinct": len(set(grams)) / len(grams),
+           "entropy_bits": float(-(log_q.exp() * log_q).sum(-1).mean()) / LN2, "ids": ids}
+    if teacher is not None:
+        with eval_mode(teacher):
+            out["teacher_bpc"] = bits_per_char(teacher(ids[:, :-1])[:, P - 1:], new)
+    return out
+
+
+LM_STUDENT_NAME = "lm_student_shakespeare.pt"
+LM_STUDENT_METHOD = "kd_full"  # the method of the shipped student (chapter 12 checks it is the bench's best)
+
+
+def lm_student_path() -> Path:
+    """Where the distilled LM student ships: `kdlib/assets/checkpoints/lm_student_shakespeare.pt`."""
+    return asset_path("checkpoints", LM_STUDENT_NAME)
+
+
+def load_lm_student(teacher: nn.Module | None = None, splits: CorpusSplits | None = None, *,
+                    path: str | os.PathLike | None = None, verbose: bool = True) -> CharTransformer:
+    """The book's distilled character-level student (seed 0 of `LM_STUDENT_METHOD` with
+    `LM_DISTILL_RECIPE`, saved by bench/lm_kd.py), in eval mode: loaded from its checkpoint
+    (SHA-256 checked), or distilled from the teacher and saved when missing (a few minutes).
+
+    Introduced in: notebooks/12_language_model.ipynb
+    """
+    recipe = LM_DISTILL_RECIPE
+
+    def fit(model):
+        data = splits if splits is not None else load_splits()
+        t = teacher if teacher is not None else load_lm_teacher(data, verbose=verbose)
+        X, Y = windows(data.train, recipe.context)
+        model.load_state_dict(distill_lm(LM_STUDENT_METHOD, t, X, Y, recipe, seed=0)[0].state_dict())
+
+    vocab = splits.tokenizer.vocab_size if splits is not None else 65
+    return load_or_train(lm_student_path() if path is None else path,
+                         lambda: CharTransformer(lm_student_config(recipe, vocab)), fit, verbose=verbose)

@@ -185,23 +185,36 @@ def test_token_kd_is_chapter_3_loss_at_every_position():
 def test_topk_loss_equals_full_loss_when_k_is_the_vocabulary():
     torch.manual_seed(0)
     s, t = torch.randn(2, 5, 9), torch.randn(2, 5, 9)
-    values, indices = t.topk(9, dim=-1)
     for T in (1.0, 3.0):
-        torch.testing.assert_close(topk_kd_loss(s, values, indices, T=T), token_kd_loss(s, t, T=T))
+        log_p, idx = F.log_softmax(t / T, -1).topk(9, dim=-1)
+        for tail in ("bucket", "renormalize"):
+            torch.testing.assert_close(topk_kd_loss(s, log_p, idx, T=T, tail=tail), token_kd_loss(s, t, T=T))
     v16, i8 = topk_cache(t, 9)
     assert v16.dtype == torch.float16 and i8.dtype == torch.uint8
     torch.testing.assert_close(topk_kd_loss(s, v16, i8), token_kd_loss(s, t), rtol=2e-3, atol=2e-3)
 
 
-def test_topk_loss_renormalizes_the_kept_logits_by_hand():
-    # teacher logits ln(0.5), ln(0.3), ln(0.2): top 2 renormalized -> (5/8, 3/8); student uniform over 3
-    t = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]]))
-    s = torch.zeros(1, 1, 3)
-    values, indices = t.topk(2, dim=-1)
-    p = torch.tensor([5 / 8, 3 / 8])
-    expected = (p * (p.log() - math.log(1 / 3))).sum()
-    torch.testing.assert_close(topk_kd_loss(s, values, indices), expected)
-    assert topk_kd_loss(s, values, indices) > token_kd_loss(s, t)  # the truncated target is further from uniform
+def test_topk_loss_tail_by_hand():
+    # teacher (0.4, 0.3, 0.2, 0.1), student uniform over 4, k = 2
+    p = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    s = torch.zeros(1, 1, 4)
+    log_p, idx = p.log().view(1, 1, 4).topk(2, dim=-1)
+    bucket = 0.4 * math.log(0.4 / 0.25) + 0.3 * math.log(0.3 / 0.25) + 0.3 * math.log(0.3 / 0.5)
+    assert topk_kd_loss(s, log_p, idx).item() == pytest.approx(bucket, rel=1e-6)
+    renorm = (4 / 7) * math.log((4 / 7) / 0.25) + (3 / 7) * math.log((3 / 7) / 0.25)
+    assert topk_kd_loss(s, log_p, idx, tail="renormalize").item() == pytest.approx(renorm, rel=1e-6)
+    # a tail of one token is that token: the bucket is then the full loss
+    log_p3, idx3 = p.log().view(1, 1, 4).topk(3, dim=-1)
+    torch.testing.assert_close(topk_kd_loss(s, log_p3, idx3), token_kd_loss(s, p.log().view(1, 1, 4)))
+
+
+def test_topk_cache_holds_the_largest_log_probabilities():
+    torch.manual_seed(0)
+    t = torch.randn(2, 3, 10) * 3
+    log_p, idx = topk_cache(t, 4, T=2.0)
+    ref_v, ref_i = F.log_softmax(t / 2.0, -1).topk(4, -1)
+    assert torch.equal(idx.long(), ref_i)
+    torch.testing.assert_close(log_p.float(), ref_v, rtol=1e-3, atol=1e-3)
 
 
 def test_reverse_kl_by_hand_and_against_torch():
@@ -221,7 +234,7 @@ def test_reverse_kl_by_hand_and_against_torch():
 def test_losses_give_the_teacher_no_gradient():
     s = torch.randn(2, 3, 5, requires_grad=True)
     t = torch.randn(2, 3, 5, requires_grad=True)
-    (reverse_kl_loss(s, t) + token_kd_loss(s, t) + topk_kd_loss(s, *t.topk(2, -1))).backward()
+    (reverse_kl_loss(s, t) + token_kd_loss(s, t) + topk_kd_loss(s, *t.log_softmax(-1).topk(2, -1))).backward()
     assert t.grad is None and s.grad is not None
 
 
@@ -237,7 +250,11 @@ def test_loss_errors():
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
         reverse_kl_loss(s[0], s[0])
     with pytest.raises(ValueError, match="teacher_indices must lie"):
-        topk_kd_loss(s, torch.randn(2, 3, 2), torch.full((2, 3, 2), 7))
+        topk_kd_loss(s, -torch.rand(2, 3, 2), torch.full((2, 3, 2), 7))
+    with pytest.raises(ValueError, match="not raw logits"):
+        topk_kd_loss(s, torch.rand(2, 3, 2) + 1, torch.zeros(2, 3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="tail"):
+        topk_kd_loss(s, -torch.rand(2, 3, 2), torch.zeros(2, 3, 2, dtype=torch.long), tail="uniform")
     with pytest.raises(ValueError, match="temperature T"):
         reverse_kl_loss(s, s, T=0.0)
     with pytest.raises(ValueError, match="labels must have shape"):
