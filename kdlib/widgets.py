@@ -150,8 +150,13 @@ def _legend_overlaps(fig: Figure, texts: list, renderer) -> list[str]:
                     if w > 1 and h > 1 and w * h > 0.05 * b.width * b.height:
                         found.append(f"the legend covers bar {i + 1} of {bars.get_label() or 'a bar chart'!r}")
         covered = [t for t in texts if id(t) not in own and box.overlaps(t.get_window_extent(renderer))]
-        found += [f"the legend covers {t.get_text()[:30]!r}" for t in covered]
+        found += [f"the legend covers {_shown_text(t)!r}" for t in covered]
     return found
+
+
+def _shown_text(text) -> str:
+    """A text as a reader sees it, shortened: '$\\mathdefault{10^{3}}$' -> '10^{3}'."""
+    return re.sub(r"\$\\mathdefault\{(.*)\}\$", r"\1", text.get_text()).replace("\\times", "x")[:40]
 
 
 def figure_text_report(fig: Figure) -> dict:
@@ -171,14 +176,14 @@ def figure_text_report(fig: Figure) -> dict:
     texts = _drawn_texts(fig)
     renderer = fig.canvas.get_renderer()
     boxes = [_corners(t, renderer) for t in texts]
-    overlaps = [f"{texts[i].get_text()[:30]!r} overlaps {texts[j].get_text()[:30]!r}"
+    overlaps = [f"{_shown_text(texts[i])!r} overlaps {_shown_text(texts[j])!r}"
                 for i in range(len(texts)) for j in range(i + 1, len(texts))
                 if _rectangles_overlap(boxes[i], boxes[j])]
     overlaps += _legend_overlaps(fig, texts, renderer)
     smallest = min(texts, key=lambda t: t.get_fontsize(), default=None)
     return {"dpi": float(fig.dpi), "texts": len(texts),
             "min_font_pt": None if smallest is None else float(smallest.get_fontsize()),
-            "smallest": None if smallest is None else smallest.get_text()[:40], "overlaps": overlaps[:12]}
+            "smallest": None if smallest is None else _shown_text(smallest), "overlaps": overlaps[:12]}
 
 
 def merge_text_reports(reports: Sequence[dict]) -> dict:
@@ -194,17 +199,27 @@ def merge_text_reports(reports: Sequence[dict]) -> dict:
             "overlaps": overlaps[:12]}
 
 
+def png_metadata(fig: Figure) -> dict[str, str]:
+    """`{"kdlib-figure": figure_text_report(fig) as JSON}`, for `fig.savefig(path, metadata=...)`
+    when a chapter shows a PNG file (IPython.display.Image) instead of the figure itself. A
+    failed measurement is recorded as {"error": ...} (the figure is saved all the same).
+
+    Introduced in: notebooks/13_capstone.ipynb
+    """
+    try:
+        report = figure_text_report(fig)
+    except Exception as err:  # noqa: BLE001 - never stop a figure from being shown
+        report = {"error": f"{type(err).__name__}: {err}"}
+    return {PNG_KEY: json.dumps(report)}
+
+
 def _png_with_report(fig: Figure):
     """IPython's PNG of `fig` (as the inline backend makes it), with figure_text_report inside."""
     from IPython.core.pylabtools import print_figure
 
     if not fig.axes and not fig.lines:  # IPython shows nothing for an empty figure
         return None
-    try:
-        report = figure_text_report(fig)
-    except Exception as err:  # the figure is shown all the same; the website's test reports this
-        report = {"error": f"{type(err).__name__}: {err}"}
-    return print_figure(fig, fmt="png", base64=True, bbox_inches="tight", metadata={PNG_KEY: json.dumps(report)})
+    return print_figure(fig, fmt="png", base64=True, bbox_inches="tight", metadata=png_metadata(fig))
 
 
 def record_figure_text() -> bool:

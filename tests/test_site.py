@@ -493,8 +493,9 @@ def _too_small(fig: dict, window: str) -> str | None:
     """Why a figure's smallest text is below MIN_TEXT_PX where it is shown, or None."""
     rep = fig["report"]
     if rep is None:
-        return (f"{fig['where']}: its PNG has no text-size record (kdlib-figure): the cell did not run after "
-                "kdlib.chapter.begin() of this kdlib; build the book again")
+        return (f"{fig['where']}: its PNG has no text-size record (PNG chunk kdlib-figure): either the chapter ran "
+                "before kdlib.chapter.begin() recorded one (build the book again), or it shows a PNG file "
+                "(IPython.display.Image): save that with fig.savefig(..., metadata=kdlib.widgets.png_metadata(fig))")
     if "error" in rep:
         return f"{fig['where']}: measuring its text failed when it was drawn: {rep['error']}"
     if rep["min_font_pt"] is None or fig["shown"] <= 0 or fig["natural"] <= 0:

@@ -403,3 +403,17 @@ def test_kernel_figures_carry_their_text_record(tmp_path):
         assert im.info["dpi"][0] == pytest.approx(viz.BOOK_STYLE["figure.dpi"], rel=1e-3)
     assert record["min_font_pt"] == 7 and record["smallest"] == "seven"
     assert record["dpi"] == viz.BOOK_STYLE["figure.dpi"]
+
+
+def test_png_metadata_travels_with_a_saved_file(tmp_path):
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(3, 2), dpi=120)
+    ax.set_xscale("log")
+    ax.set_xlim(150, 900)  # minor tick labels on a log axis: 3x10^2 and 4x10^2 collide
+    ax.set_ylabel("y", fontsize=6)
+    fig.savefig(tmp_path / "f.png", metadata=widgets.png_metadata(fig))
+    with Image.open(tmp_path / "f.png") as im:
+        record = json.loads(im.text[widgets.PNG_KEY])
+    assert record["min_font_pt"] == 6 and record["smallest"] == "y" and record["dpi"] == 120
+    assert "'3x10^{2}' overlaps '4x10^{2}'" in record["overlaps"]
