@@ -202,18 +202,20 @@ PAGE_FACTS_JS = r"""() => {
     wide.push({cell: cellOf(pre), output: pre.closest('.cell_output') !== null, fit: fit,
                lines: lines.map(l => l.length + ' chars: ' + l.trim().slice(0, 70))});
   }
-  // display maths cut at the column edge (wider than its box, and no scroll bar to reach the rest)
-  const cut = [];
+  // display maths wider than the column: `cut` when nothing lets the reader reach the rest,
+  // `scrolled` when it scrolls sideways inside its box
+  const cut = [], scrolled = [];
   const right = article.getBoundingClientRect().right;
   for (const m of article.querySelectorAll('mjx-container[display="true"]')) {
     const cs = getComputedStyle(m), r = m.getBoundingClientRect();
-    const scrolls = ['auto', 'scroll'].includes(cs.overflowX);
-    if ((m.scrollWidth > m.clientWidth + 1 && !scrolls) || r.right > right + 1)
-      cut.push((m.querySelector('mjx-assistive-mml') || m).textContent.trim().slice(0, 80));
+    const text = (m.querySelector('mjx-assistive-mml') || m).textContent.trim().slice(0, 80);
+    const wide = m.scrollWidth > m.clientWidth + 1;
+    if ((wide && !['auto', 'scroll'].includes(cs.overflowX)) || r.right > right + 1) cut.push(text);
+    else if (wide) scrolled.push(text);
   }
   const headScripts = Array.from(document.querySelectorAll('head script[src]'));
   return {rawMath: rawMath, mjx: root.querySelectorAll('mjx-container').length, images: images,
-          wideCode: wide, cutMaths: cut,
+          wideCode: wide, cutMaths: cut, scrolledMaths: scrolled,
           sideways: document.documentElement.scrollWidth - innerWidth,
           widgetsShown: root.querySelectorAll('.widget-subarea, .jupyter-widgets').length,
           blocking: headScripts.filter(s => !s.async && !s.defer && s.type !== 'module').map(s => s.src)};
@@ -565,12 +567,14 @@ def test_code_fits_the_column(load, page):
 
 @content_param
 def test_display_maths_not_cut(load, page):
-    """A display equation fits the column or scrolls inside it, on the desktop and on a phone;
-    and the page itself never scrolls sideways on a phone."""
+    """A display equation fits the column on the desktop; on a phone it fits or scrolls sideways
+    inside its own box (never cut off); and the page itself never scrolls sideways on a phone."""
     rep = load(page)
     for name, window in views:
         cut = getattr(rep, name).facts["cutMaths"]
         assert not cut, f"{page} on {window}: display maths cut at the column edge: {cut}"
+    wide = rep.desktop.facts["scrolledMaths"]
+    assert not wide, f"{page}: display maths wider than the column on the desktop (split it over lines): {wide}"
     assert rep.phone.facts["sideways"] <= 1, f"{page} scrolls sideways by {rep.phone.facts['sideways']} px on a phone"
 
 
