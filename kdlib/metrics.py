@@ -191,6 +191,8 @@ def per_class_accuracy(logits, labels, num_classes: int | None = None) -> torch.
         raise ValueError(f"need logits (N, K) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if logits.dtype == torch.bool or logits.is_complex():
+        raise TypeError(f"logits must be real scores (or probabilities), got dtype {logits.dtype}")
     if num_classes is not None:
         check_int(num_classes, "num_classes", low=1, hint="or None for the logits' number of classes")
     K = num_classes or logits.shape[1]

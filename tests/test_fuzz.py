@@ -43,7 +43,7 @@ KDLIB_DIR = Path(kdlib.__file__).resolve().parent
 # FloatingPointError: kdlib's own message when training diverges; PermissionError: an unwritable folder
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, PermissionError)
 MODULES = ["utils", "validation", "data", "models", "losses", "guards", "hooks", "inference", "train", "distributed",
-           "chains", "measure", "zoo", "metrics", "prune", "quant", "export", "pipeline", "chapter"]
+           "chains", "measure", "zoo", "metrics", "prune", "quant", "qat", "export", "pipeline", "chapter"]
 TMP = Path(tempfile.mkdtemp(prefix="kdlib-fuzz-"))
 # no shrinking: the failure message already names the function, the argument and the value
 FUZZ_SETTINGS = settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -426,8 +426,8 @@ def _optional(name):
         return None
 
 
-metrics, prune, quant, export, pipeline = (
-    _optional(m) for m in ("metrics", "prune", "quant", "export", "pipeline"))
+metrics, prune, quant, qat, export, pipeline = (
+    _optional(m) for m in ("metrics", "prune", "quant", "qat", "export", "pipeline"))
 SLOW: set[str] = set()  # specs whose every call costs a second or more: fewer examples
 
 
@@ -572,7 +572,7 @@ if quant is not None:
         return torch.randn(4, 3, generator=torch.Generator().manual_seed(9))
 
     def _prepared():
-        return quant.prepare_qat(toy_model())
+        return qat.prepare_qat(toy_model())
 
     spec("quant.check_bits", quant.check_bits, _with(num_bits=8), num_bits="int")
     spec("quant.qrange", quant.qrange, _with(num_bits=8), num_bits="int")
@@ -598,16 +598,16 @@ if quant is not None:
     spec("quant.quantization_error", quant.quantization_error, lambda: dict(x=_w()), x="tensor", num_bits="int",
          method="str")
     spec("quant.Observer", quant.Observer, _with(num_bits=8), num_bits="int", method="str", percentile="number")
-    spec("quant.QConv2d", quant.QConv2d, lambda: dict(conv=nn.Conv2d(1, 2, 3)), conv="model", num_bits="int")
-    spec("quant.QLinear", quant.QLinear, lambda: dict(linear=nn.Linear(3, 2)), linear="model", num_bits="int")
-    spec("quant.fold_batchnorm", quant.fold_batchnorm, lambda: dict(model=toy_model()), model="model")
-    spec("quant.prepare_qat", quant.prepare_qat, lambda: dict(model=toy_model()), model="model", num_bits="int",
+    spec("qat.QConv2d", qat.QConv2d, lambda: dict(conv=nn.Conv2d(1, 2, 3)), conv="model", num_bits="int")
+    spec("qat.QLinear", qat.QLinear, lambda: dict(linear=nn.Linear(3, 2)), linear="model", num_bits="int")
+    spec("qat.fold_batchnorm", qat.fold_batchnorm, lambda: dict(model=toy_model()), model="model")
+    spec("qat.prepare_qat", qat.prepare_qat, lambda: dict(model=toy_model()), model="model", num_bits="int",
          act_num_bits="int?", weight_method="str", act_method="str")
-    spec("quant.quant_layers", quant.quant_layers, lambda: dict(model=_prepared()), model="model")
-    spec("quant.integer_weights", quant.integer_weights, lambda: dict(model=_prepared()), model="model")
-    spec("quant.weight_storage_bytes", quant.weight_storage_bytes, lambda: dict(model=toy_model()), model="model",
+    spec("qat.quant_layers", qat.quant_layers, lambda: dict(model=_prepared()), model="model")
+    spec("qat.integer_weights", qat.integer_weights, lambda: dict(model=_prepared()), model="model")
+    spec("qat.weight_storage_bytes", qat.weight_storage_bytes, lambda: dict(model=toy_model()), model="model",
          num_bits="int")
-    spec("quant.calibrate", quant.calibrate, lambda: dict(model=_prepared(), loader=toy_loader(), num_batches=2),
+    spec("qat.calibrate", qat.calibrate, lambda: dict(model=_prepared(), loader=toy_loader(), num_batches=2),
          model="model", loader="loader", num_batches="int")
 
 if export is not None:

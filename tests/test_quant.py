@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
+from kdlib import qat as QAT
 from kdlib import quant as Q
 from kdlib.models import StudentCNN
 
@@ -296,7 +297,7 @@ def _student(seed=0):
 def test_fold_batchnorm_same_function():
     m = _student()
     x = torch.randn(4, 1, 28, 28)
-    f = Q.fold_batchnorm(m)
+    f = QAT.fold_batchnorm(m)
     torch.testing.assert_close(f(x), m(x), atol=1e-5, rtol=1e-5)
     assert isinstance(f[1], nn.Identity) and f[0].bias is not None
     assert isinstance(m[1], nn.BatchNorm2d)  # the original is untouched
@@ -305,36 +306,36 @@ def test_fold_batchnorm_same_function():
 def test_prepare_qat_wraps_and_copies():
     m = _student()
     before = copy.deepcopy(m.state_dict())
-    q = Q.prepare_qat(m, 4)
-    assert isinstance(q[0], Q.QConv2d) and isinstance(q[4], Q.QConv2d) and isinstance(q[9], Q.QLinear)
-    assert set(Q.quant_layers(q)) == {"0", "4", "9"}
+    q = QAT.prepare_qat(m, 4)
+    assert isinstance(q[0], QAT.QConv2d) and isinstance(q[4], QAT.QConv2d) and isinstance(q[9], QAT.QLinear)
+    assert set(QAT.quant_layers(q)) == {"0", "4", "9"}
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k])
     assert "num_bits=4" in repr(q)
     with pytest.raises(ValueError, match="already prepared"):
-        Q.prepare_qat(q, 4)
+        QAT.prepare_qat(q, 4)
 
 
 def test_qat_at_16_bits_nearly_float():
     m = _student()
     x = torch.randn(16, 1, 28, 28)
     loader = [(torch.randn(32, 1, 28, 28), torch.zeros(32))]
-    q = Q.calibrate(Q.prepare_qat(m, 16), loader + [(x, None)])
+    q = QAT.calibrate(QAT.prepare_qat(m, 16), loader + [(x, None)])
     torch.testing.assert_close(q(x), m(x), atol=2e-3, rtol=1e-3)
-    q8 = Q.calibrate(Q.prepare_qat(m, 8), loader + [(x, None)])
+    q8 = QAT.calibrate(QAT.prepare_qat(m, 8), loader + [(x, None)])
     assert (q8(x) - m(x)).abs().max() > (q(x) - m(x)).abs().max()
 
 
 def test_weight_only_at_16_bits_and_weights_on_grid():
     m = _student()
     x = torch.randn(8, 1, 28, 28)
-    q = Q.prepare_qat(m, 16, quantize_activations=False)
+    q = QAT.prepare_qat(m, 16, quantize_activations=False)
     torch.testing.assert_close(q(x), m(x), atol=1e-3, rtol=1e-3)
-    q2 = Q.prepare_qat(m, 2, quantize_activations=False)
+    q2 = QAT.prepare_qat(m, 2, quantize_activations=False)
     w = q2[4].quantized_weight().detach()
     for c in range(w.shape[0]):
         assert len(torch.unique(w[c])) <= 3  # the ternary grid -s, 0, s
-    for name, (qi, scale, zp) in Q.integer_weights(q2).items():
+    for name, (qi, scale, zp) in QAT.integer_weights(q2).items():
         assert qi.min() >= -1 and qi.max() <= 1 and (zp == 0).all()
 
 
@@ -342,9 +343,9 @@ def test_weight_only_at_16_bits_and_weights_on_grid():
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_wrapper_weight_equals_public_fake_quantize(method, per_channel):
     m = _student()
-    q = Q.prepare_qat(m, 3, quantize_activations=False, weight_method=method, per_channel=per_channel)
+    q = QAT.prepare_qat(m, 3, quantize_activations=False, weight_method=method, per_channel=per_channel)
     axis = 0 if per_channel else None
-    for layer in Q.quant_layers(q).values():
+    for layer in QAT.quant_layers(q).values():
         w = layer.module.weight.detach()
         lo, hi = Q.observe_range(w, method, 3, symmetric=True, axis=axis)
         s, z = Q.compute_qparams(lo, hi, 3, symmetric=True)
@@ -354,7 +355,7 @@ def test_wrapper_weight_equals_public_fake_quantize(method, per_channel):
 
 def test_activation_fake_quant_uses_calibrated_grid():
     m = _student()
-    q = Q.calibrate(Q.prepare_qat(m, 4), [(torch.randn(16, 1, 28, 28),)])
+    q = QAT.calibrate(QAT.prepare_qat(m, 4), [(torch.randn(16, 1, 28, 28),)])
     x = torch.randn(4, 1, 28, 28)
     obs = q[0].act_observer
     s, z = obs.qparams()
@@ -363,7 +364,7 @@ def test_activation_fake_quant_uses_calibrated_grid():
 
 def test_qat_gradients_reach_weights():
     m = _student()
-    q = Q.calibrate(Q.prepare_qat(m, 4).train(), [(torch.randn(8, 1, 28, 28),)])
+    q = QAT.calibrate(QAT.prepare_qat(m, 4).train(), [(torch.randn(8, 1, 28, 28),)])
     q(torch.randn(8, 1, 28, 28)).sum().backward()
     assert q[0].module.weight.grad is not None and q[0].module.weight.grad.abs().sum() > 0
     assert q[9].module.weight.grad.abs().sum() > 0
@@ -371,11 +372,11 @@ def test_qat_gradients_reach_weights():
 
 def test_calibrate_sets_ranges_then_freezes():
     m = _student()
-    q = Q.prepare_qat(m, 8)
+    q = QAT.prepare_qat(m, 8)
     with pytest.raises(ValueError, match="calibrate"):
         q(torch.randn(2, 1, 28, 28))
     x = torch.randn(8, 1, 28, 28)
-    Q.calibrate(q, [(x,)])
+    QAT.calibrate(q, [(x,)])
     obs = q[0].act_observer
     assert obs.min_val.item() == x.min().item() and obs.max_val.item() == x.max().item()
     q(torch.randn(8, 1, 28, 28) * 10)  # no longer observing: the range stays
@@ -385,9 +386,9 @@ def test_calibrate_sets_ranges_then_freezes():
 
 def test_weight_storage_bytes():
     m = StudentCNN()  # 72 + 1152 conv weights, 7840 + 10 linear (no conv biases)
-    assert Q.weight_storage_bytes(m) == 4 * (72 + 1152 + 7840 + 10)
-    q = Q.prepare_qat(m, 4)  # folding adds conv biases (8 + 16); scales: 8 + 16 + 10 channels
-    assert Q.weight_storage_bytes(q, 4) == (72 + 1152 + 7840) // 2 + 4 * (8 + 16 + 10) + 4 * (8 + 16 + 10)
+    assert QAT.weight_storage_bytes(m) == 4 * (72 + 1152 + 7840 + 10)
+    q = QAT.prepare_qat(m, 4)  # folding adds conv biases (8 + 16); scales: 8 + 16 + 10 channels
+    assert QAT.weight_storage_bytes(q, 4) == (72 + 1152 + 7840) // 2 + 4 * (8 + 16 + 10) + 4 * (8 + 16 + 10)
 
 
 # ----------------------------------------------------------------- bad input
@@ -398,7 +399,7 @@ def test_bits_out_of_range(b):
     with pytest.raises(ValueError, match="between 2 and 16"):
         Q.quantize(torch.randn(3), b)
     with pytest.raises(ValueError, match="between 2 and 16"):
-        Q.prepare_qat(StudentCNN(), b)
+        QAT.prepare_qat(StudentCNN(), b)
 
 
 @pytest.mark.parametrize("b", [8.0, "8", True, None])
@@ -461,15 +462,15 @@ def test_bad_methods_and_models():
     with pytest.raises(ValueError, match="percentile"):
         Q.percentile_range(torch.randn(3), 30)
     with pytest.raises(TypeError, match="nn.Module"):
-        Q.prepare_qat("model")
+        QAT.prepare_qat("model")
     with pytest.raises(TypeError, match="wraps an nn.Conv2d"):
-        Q.QConv2d(nn.Linear(2, 2))
+        QAT.QConv2d(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no fake-quantized layers"):
-        Q.calibrate(StudentCNN(), [(torch.randn(1, 1, 28, 28),)])
+        QAT.calibrate(StudentCNN(), [(torch.randn(1, 1, 28, 28),)])
     with pytest.raises(ValueError, match="no batches"):
-        Q.calibrate(Q.prepare_qat(StudentCNN(), 8), [])
+        QAT.calibrate(QAT.prepare_qat(StudentCNN(), 8), [])
     with pytest.raises(ValueError, match="num_batches"):
-        Q.calibrate(Q.prepare_qat(StudentCNN(), 8), [], num_batches=0)
+        QAT.calibrate(QAT.prepare_qat(StudentCNN(), 8), [], num_batches=0)
 
 
 # ----------------------------------------------------------------- the bit-width widget and its static twin
