@@ -44,10 +44,7 @@ _CLASSES = {
 
 @dataclass
 class DatasetSplits:
-    """A data set cut into train / val / test, with what a model needs to know.
-
-    Introduced in: notebooks/01_edge_budgets.ipynb
-    """
+    """A data set cut into train / val / test, with what a model needs to know."""
 
     name: str
     train: Dataset
@@ -71,8 +68,6 @@ def stratified_split(y, fractions=(0.7, 0.1, 0.2), *, seed: int = 0) -> list[np.
         fractions: the share of each part; must sum to 1.
     Returns:
         one sorted index array per part.
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     y = np.asarray(y)
     if y.ndim != 1 or len(y) == 0:
@@ -103,7 +98,10 @@ def _xy(dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def targets_of(dataset: Dataset) -> np.ndarray:
-    """The (N,) label array of a TensorDataset, torchvision data set or Subset of either."""
+    """The (N,) label array of a TensorDataset, torchvision data set or Subset of either.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[np.asarray(dataset.indices)]
     if isinstance(dataset, TensorDataset):
@@ -121,7 +119,7 @@ def labelled_subset(dataset: Dataset, n: int, *, seed: int = 0) -> Subset:
     Each class gets n / num_classes examples (the remainder goes to the
     classes with the most examples first).
 
-    Introduced in: notebooks/05_distillation.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     y = targets_of(dataset)
     check_int(int(n) if isinstance(n, np.integer) else n, "n", low=1, high=len(y),
@@ -270,7 +268,10 @@ def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = Fals
 
 
 def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack a whole data set into (X, y) tensors: X (N, C, H, W), y (N,)."""
+    """Stack a whole data set into (X, y) tensors: X (N, C, H, W), y (N,).
+
+    Introduced in: notebooks/02_soft_labels.ipynb
+    """
     if isinstance(dataset, TensorDataset):
         return _xy(dataset)
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
@@ -335,8 +336,6 @@ def mixup(X: torch.Tensor, concentration: float = 1.0) -> tuple[torch.Tensor, to
         concentration: a in [0.001, 1000] of the Beta(a, a) distribution; 1 draws lam uniformly in [0, 1].
     Returns:
         (X_mixed (B, ...), perm (B,), lam).
-
-    Introduced in: notebooks/06_teaching.ipynb
     """
     check_tensor(X, "X", floating=True, ndim=tuple(range(1, 9)), shape_hint="(B, ...), a batch")
     a = check_number(concentration, "concentration", low=1e-3, high=1e3,
@@ -359,8 +358,6 @@ def partially_labelled(dataset: Dataset, labelled: Subset) -> TensorDataset:
         labelled: a `Subset` of `dataset` (e.g. `labelled_subset(dataset, 1000)`).
     Returns:
         a TensorDataset of X (N, C, H, W) and y (N,), int64, -1 where unlabelled.
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     if not isinstance(labelled, Subset):
         raise TypeError(f"labelled must be a Subset of dataset, e.g. kdlib.data.labelled_subset(dataset, 1000); "
@@ -384,8 +381,6 @@ def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rota
         seed: seeds the augmentations, so the copies repeat exactly.
     Returns:
         a TensorDataset of X (copies * N, C, H, W) and y (copies * N,), copy by copy.
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     check_int(copies, "copies", low=1)
     _check_seed(seed)

@@ -27,8 +27,6 @@ def init_distributed(backend: str | None = None) -> torch.device:
     process's device. Call once at the top of a script run with
     `torchrun --nproc_per_node=N script.py`; `train` and `distill` then shard the data and
     average gradients by themselves.
-
-    Introduced in: notebooks/13_capstone.ipynb
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError("init_distributed() needs the variables torchrun sets (RANK, WORLD_SIZE, ...): "

@@ -314,8 +314,6 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
     Returns:
         the quantized graph module; it runs in PyTorch (simulating int8) and
         goes to `to_executorch` to be lowered.
-
-    Introduced in: notebooks/10_edge_export.ipynb
     """
     xnnpack_quantizer = quiet_import("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
     XNNPACKQuantizer = xnnpack_quantizer.XNNPACKQuantizer
@@ -401,8 +399,6 @@ def run_executorch(method, X) -> torch.Tensor:
     """Run an ExecuTorch method (or `.pte` path) on `X` `(N, C, H, W)`; returns `(N, K)`.
 
     A program exported for batch B is fed B examples at a time.
-
-    Introduced in: notebooks/10_edge_export.ipynb
     """
     if isinstance(method, (str, os.PathLike)):
         method = executorch_method(method)

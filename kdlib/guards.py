@@ -34,19 +34,31 @@ class KDWarning(UserWarning):
 
 
 class TeacherModeWarning(KDWarning):
-    """The teacher was in train mode: dropout on, BatchNorm statistics drifting."""
+    """The teacher was in train mode: dropout on, BatchNorm statistics drifting.
+
+    Introduced in: notebooks/14_pitfalls.ipynb
+    """
 
 
 class TeacherGradWarning(KDWarning):
-    """The teacher's logits carry an autograd graph: memory and time spent for nothing."""
+    """The teacher's logits carry an autograd graph: memory and time spent for nothing.
+
+    Introduced in: notebooks/14_pitfalls.ipynb
+    """
 
 
 class ProbabilitiesWarning(KDWarning):
-    """Numbers that should be logits look like probabilities (a softmax too many)."""
+    """Numbers that should be logits look like probabilities (a softmax too many).
+
+    Introduced in: notebooks/14_pitfalls.ipynb
+    """
 
 
 class WeakTeacherWarning(KDWarning):
-    """The teacher is no better than chance: there is nothing to transfer."""
+    """The teacher is no better than chance: there is nothing to transfer.
+
+    Introduced in: notebooks/14_pitfalls.ipynb
+    """
 
 
 def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
@@ -59,8 +71,6 @@ def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
         x: (B, K) floating-point tensor.
     Returns:
         a bool (False for an empty batch or a single class).
-
-    Introduced in: notebooks/14_pitfalls.ipynb
     """
     check_tensor(x, "x", floating=True, finite=False, nonempty=False)
     if x.ndim != 2 or x.numel() == 0 or x.shape[1] < 2:
@@ -72,10 +82,7 @@ def looks_like_probabilities(x: torch.Tensor, *, atol: float = 1e-4) -> bool:
 
 
 def warn_if_probabilities(name: str, x: torch.Tensor, *, stacklevel: int = 3) -> None:
-    """Warn with `ProbabilitiesWarning` when `x`, meant to be logits, looks like probabilities.
-
-    Introduced in: notebooks/14_pitfalls.ipynb
-    """
+    """Warn with `ProbabilitiesWarning` when `x`, meant to be logits, looks like probabilities."""
     if looks_like_probabilities(x):
         warnings.warn(
             f"{name} look like probabilities (every row in [0, 1] and summing to 1), but raw logits "
@@ -84,10 +91,7 @@ def warn_if_probabilities(name: str, x: torch.Tensor, *, stacklevel: int = 3) ->
 
 
 def warn_if_teacher_grad(teacher_logits: torch.Tensor, *, stacklevel: int = 3) -> None:
-    """Warn with `TeacherGradWarning` when `teacher_logits` were computed with autograd on.
-
-    Introduced in: notebooks/14_pitfalls.ipynb
-    """
+    """Warn with `TeacherGradWarning` when `teacher_logits` were computed with autograd on."""
     check_tensor(teacher_logits, "teacher_logits", finite=False, nonempty=False)
     if teacher_logits.requires_grad:
         warnings.warn(
@@ -97,10 +101,7 @@ def warn_if_teacher_grad(teacher_logits: torch.Tensor, *, stacklevel: int = 3) -
 
 
 def warn_if_train_mode(teacher: nn.Module, *, stacklevel: int = 3) -> None:
-    """Warn with `TeacherModeWarning` when `teacher` is in train mode.
-
-    Introduced in: notebooks/14_pitfalls.ipynb
-    """
+    """Warn with `TeacherModeWarning` when `teacher` is in train mode."""
     if check_model(teacher, "teacher").training:
         warnings.warn("the teacher was in train mode (dropout on, BatchNorm statistics drifting); "
                       "distill put it in eval mode", TeacherModeWarning, stacklevel=stacklevel)
@@ -109,8 +110,6 @@ def warn_if_train_mode(teacher: nn.Module, *, stacklevel: int = 3) -> None:
 def chance_accuracy(labels: torch.Tensor, num_classes: int) -> float:
     """The accuracy of the best constant guess: the larger of 1/K and the share
     of the most frequent label in `labels` (B,).
-
-    Introduced in: notebooks/14_pitfalls.ipynb
     """
     check_int(num_classes, "num_classes", low=1)
     labels = check_labels(labels, num_classes=num_classes)
@@ -126,8 +125,6 @@ def better_than_chance(logits: torch.Tensor, labels: torch.Tensor, *, z: float =
     Clearly means more than `z` binomial standard deviations above
     `chance_accuracy`. Labels of -1 (unlabelled) are ignored. Returns None when
     the batch is too small to tell (fewer than 16 labelled examples).
-
-    Introduced in: notebooks/14_pitfalls.ipynb
     """
     check_tensor(logits, "logits", ndim=2, floating=True, finite=False, nonempty=False,
                  shape_hint="(batch, num_classes)")
@@ -177,8 +174,6 @@ def probe_batch(dataset: Dataset, n: int = 64) -> list:
 def run_model(model: nn.Module, X: torch.Tensor, name: str = "model") -> torch.Tensor:
     """`model(X)`, turning a shape error from deep inside PyTorch into a clear ValueError,
     and checking that the output is a (B, K) logits tensor.
-
-    Introduced in: notebooks/14_pitfalls.ipynb
     """
     check_model(model, f"the {name}")
     check_tensor(X, f"the {name}'s input", finite=False, nonempty=False)

@@ -58,7 +58,7 @@ def fast_layout(model: nn.Module | None, device):
 def predict_logits(model: nn.Module, loader: DataLoader, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `model` in eval mode over `loader`; return (logits (N, K), labels (N,)) on the CPU.
 
-    Introduced in: notebooks/02_soft_labels.ipynb
+    Introduced in: notebooks/04_teacher.ipynb
     """
     check_model(model)
     check_loader(loader, "loader")
@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None 
     Returns:
         {"accuracy": float, "loss": float} plus "agreement" with a teacher.
 
-    Introduced in: notebooks/04_teacher.ipynb
+    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     check_model(model)
     check_loader(loader, "loader")
@@ -115,8 +115,6 @@ class TeacherOutputs(TensorDataset):
     (X, y, teacher_logits, *features), one feature per name in `.layers`. Made by
     `cache_teacher_outputs`; `.teacher` is the teacher it came from (held weakly, None once
     that teacher is gone).
-
-    Introduced in: notebooks/07_beyond_logits.ipynb
     """
 
     def __init__(self, X, y, teacher_logits, features, layers, teacher: nn.Module):

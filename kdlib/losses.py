@@ -27,10 +27,7 @@ T_HINT = "the book uses T between 1 and 20"
 
 
 def check_temperature(T, dtype: torch.dtype = torch.float32) -> float:
-    """T as a float; a clear error unless T > 0 and T^2 is finite in `dtype`.
-
-    Introduced in: notebooks/03_kd_loss_math.ipynb
-    """
+    """T as a float; a clear error unless T > 0 and T^2 is finite in `dtype`."""
     T = check_positive(T, "temperature T", hint=T_HINT)
     if T * T > torch.finfo(dtype).max:
         raise ValueError(f"T={T:g} is so large that T^2 overflows {dtype}; {T_HINT}")
@@ -135,10 +132,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 class KDLoss(nn.Module):
-    """`kd_loss` as an `nn.Module`: `KDLoss(T=4.0, alpha=0.9)(student_logits, teacher_logits, labels)`.
-
-    Introduced in: notebooks/03_kd_loss_math.ipynb
-    """
+    """`kd_loss` as an `nn.Module`: `KDLoss(T=4.0, alpha=0.9)(student_logits, teacher_logits, labels)`."""
 
     def __init__(self, T: float = 4.0, alpha: float = 0.9):
         super().__init__()
@@ -265,10 +259,7 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, regressor:
 
 
 def hint_regressor(student_channels: int, teacher_channels: int) -> nn.Conv2d:
-    """The FitNets regressor: a 1x1 convolution (B, C_s, H, W) -> (B, C_t, H, W).
-
-    Introduced in: notebooks/07_beyond_logits.ipynb
-    """
+    """The FitNets regressor: a 1x1 convolution (B, C_s, H, W) -> (B, C_t, H, W)."""
     check_int(student_channels, "student_channels", low=1)
     check_int(teacher_channels, "teacher_channels", low=1)
     return nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
@@ -500,8 +491,6 @@ def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> t
         student_emb: (B, D_s); teacher_emb: (B, D_t), treated as a constant.
     Returns:
         a scalar tensor.
-
-    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     s, t = _embedding_pair(student_emb, teacher_emb)
     with torch.no_grad():
@@ -521,8 +510,6 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torc
         student_emb: (B, D_s); teacher_emb: (B, D_t), treated as a constant; B >= 3.
     Returns:
         a scalar tensor.
-
-    Introduced in: notebooks/07_beyond_logits.ipynb
     """
     s, t = _embedding_pair(student_emb, teacher_emb, at_least=3)
     B = s.shape[0]

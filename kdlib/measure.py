@@ -77,8 +77,6 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 100) -
 
     Returns:
         {"median_us", "p90_us", "mean_us", "repeats"} in microseconds.
-
-    Introduced in: notebooks/01_edge_budgets.ipynb
     """
     check_callable(fn, "fn", allow_module=True, hint="a function of no arguments")
     _check_counts(repeats=repeats, warmup=warmup)
@@ -125,10 +123,7 @@ def latency(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, 
 
 
 def profile(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, repeats: int = 100) -> dict:
-    """Parameters, MACs, checkpoint bytes and batch-1 latency of a model, in one dict.
-
-    Introduced in: notebooks/01_edge_budgets.ipynb
-    """
+    """Parameters, MACs, checkpoint bytes and batch-1 latency of a model, in one dict."""
     lat = latency(model, example_input, threads=threads, repeats=repeats)
     return {"params": count_params(model), "macs": count_macs(model, example_input),
             "bytes": serialized_size(model), "latency_us": lat["median_us"], "latency_p90_us": lat["p90_us"]}
@@ -144,7 +139,7 @@ def compare_latency(runners: dict, *, rounds: int = 5, warmup: int = 10, repeats
     Returns:
         name -> {"median_us", "p90_us"} over all rounds.
 
-    Introduced in: notebooks/10_edge_export.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     if not isinstance(runners, dict) or not runners or not all(callable(f) for f in runners.values()):
         raise ValueError("runners must be a non-empty dict of name -> function of no arguments")
@@ -176,8 +171,6 @@ def machine_info() -> dict:
     dot-product extension that the processor has) and `torch`, `onnxruntime` versions
     (None when not installed). Latency ratios from different machines are not comparable
     without it.
-
-    Introduced in: notebooks/13_capstone.ipynb
     """
     import os
     import platform

@@ -228,8 +228,6 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
     Returns:
         (mean, low, high).
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     values = _finite_list(values, "values")
     confidence = _check_confidence(confidence)
@@ -297,8 +295,6 @@ def compare_paired(a, b, confidence: float = 0.95) -> PairedComparison:
         confidence: the interval's level.
     Returns:
         a `PairedComparison` (`.mean`, `.low`, `.high`, `.verdict`, `.wins`, `.format()`).
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     a, b = _finite_list(a, "a"), _finite_list(b, "b")
     if len(a) != len(b):

@@ -48,7 +48,7 @@ class TeacherCNN(nn.Sequential):
     With the defaults (width=32, MNIST 1x28x28) it has about 0.87 M parameters.
     Input (B, C, H, W) -> logits (B, num_classes).
 
-    Introduced in: notebooks/01_edge_budgets.ipynb
+    Introduced in: notebooks/04_teacher.ipynb
     """
 
     def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, width: int = 32,
@@ -96,7 +96,7 @@ class StudentMLP(nn.Sequential):
 
     Input (B, C, H, W) -> logits (B, num_classes).
 
-    Introduced in: notebooks/05_distillation.ipynb
+    Introduced in: notebooks/04_teacher.ipynb
     """
 
     def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, hidden=(64,)):
@@ -115,8 +115,6 @@ class StudentMLP(nn.Sequential):
 def resnet18_small(input_shape=(3, 32, 32), num_classes: int = 10) -> nn.Module:
     """torchvision's resnet18 adapted to small images: a 3x3 stride-1 stem and no
     max-pool, so a 32x32 input keeps enough resolution. Randomly initialised.
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     from torchvision.models import resnet18
 
@@ -131,8 +129,6 @@ def resnet18_small(input_shape=(3, 32, 32), num_classes: int = 10) -> nn.Module:
 def mobilenet_v3_small_small(input_shape=(3, 32, 32), num_classes: int = 10) -> nn.Module:
     """torchvision's mobilenet_v3_small with a stride-1 first convolution for
     small images. Randomly initialised.
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     from torchvision.models import mobilenet_v3_small
 
@@ -154,10 +150,7 @@ MODELS = {
 
 
 def build_model(name: str, input_shape=(1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a model by name (a key of `MODELS`) for the given input shape.
-
-    Introduced in: notebooks/01_edge_budgets.ipynb
-    """
+    """Build a model by name (a key of `MODELS`) for the given input shape."""
     if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](input_shape=input_shape, num_classes=num_classes, **kwargs)

@@ -47,7 +47,10 @@ OUTPUT_FILES = ("student.pt", "student.pt.sha256", "pruned.pt", "pruned.pt.sha25
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the pipeline does; every field has the book's default."""
+    """What the pipeline does; every field has the book's default.
+
+    Introduced in: notebooks/13_capstone.ipynb
+    """
 
     dataset: str = "mnist5k"           # mnist5k, digits (offline) or mnist, fashion_mnist, cifar10
     data_root: str | None = None       # folder of the torchvision files
@@ -204,10 +207,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def pareto_figure(rows: list[dict]):
-    """Accuracy against size and against latency for every stage, Pareto front marked.
-
-    Introduced in: notebooks/13_capstone.ipynb
-    """
+    """Accuracy against size and against latency for every stage, Pareto front marked."""
     import matplotlib.pyplot as plt
 
     keys = ("stage", "bytes", "median_us", "accuracy")
@@ -303,8 +303,6 @@ def _report_md(summary: dict, rows: list[dict], config: PipelineConfig) -> str:
 def prepare_out(out, *, force: bool = False, resume: bool = False) -> Path:
     """Check the output folder before any work: create it, refuse one that already
     holds results unless `force` (start over) or `resume` (reuse matching stages).
-
-    Introduced in: notebooks/13_capstone.ipynb
     """
     if force and resume:
         raise ValueError("choose one of --force (start over) and --resume (continue), not both")

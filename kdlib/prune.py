@@ -39,10 +39,7 @@ _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Ha
 # ---------------------------------------------------------------- checks
 
 def check_amount(amount, name: str = "amount") -> float:
-    """Raise a clear error unless `amount` is a fraction in [0, 1); return it as a float.
-
-    Introduced in: notebooks/08_pruning.ipynb
-    """
+    """Raise a clear error unless `amount` is a fraction in [0, 1); return it as a float."""
     return check_number(amount, name, low=0.0, high=1.0, high_open=True,
                         hint="the fraction of weights or channels to remove (0.9 removes 90%)")
 
@@ -50,10 +47,7 @@ def check_amount(amount, name: str = "amount") -> float:
 # ---------------------------------------------------------------- unstructured
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The conv and Linear layers of `model` whose `.weight` pruning acts on, by name.
-
-    Introduced in: notebooks/08_pruning.ipynb
-    """
+    """The conv and Linear layers of `model` whose `.weight` pruning acts on, by name."""
     check_model(model)
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
     if not layers:
@@ -62,18 +56,13 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def is_pruned(model: nn.Module) -> bool:
-    """True while some layer carries a pruning mask (`weight_orig` and `weight_mask`).
-
-    Introduced in: notebooks/08_pruning.ipynb
-    """
+    """True while some layer carries a pruning mask (`weight_orig` and `weight_mask`)."""
     return tprune.is_pruned(check_model(model))
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
     """The weight a layer computes with: `weight_orig * weight_mask` while a mask
     is attached (fresh, even after an optimiser step), else `weight`. Detached.
-
-    Introduced in: notebooks/08_pruning.ipynb
     """
     if hasattr(layer, "weight_mask"):
         return (layer.weight_orig * layer.weight_mask).detach()
@@ -96,8 +85,6 @@ def magnitude_masks(model: nn.Module, amount: float, *, scope: str = "global") -
         scope: "global" (one threshold for the whole model) or "layer".
     Returns:
         layer name -> mask with the shape of that layer's weight.
-
-    Introduced in: notebooks/08_pruning.ipynb
     """
     amount = check_amount(amount)
     if scope not in SCOPES:
@@ -226,8 +213,6 @@ def channels_to_keep(conv: nn.Conv2d, amount: float, criterion: str = "l1", *,
     (at least m, at most C_out; a layer with fewer than m channels is left
     whole). Runtimes vectorise over channels in blocks (8 fp32 values for
     AVX2), so 8 or 16 channels run faster than 9 or 18: chapter 13 measures it.
-
-    Introduced in: notebooks/08_pruning.ipynb
     """
     amount = check_amount(amount)
     m = _check_multiple(multiple_of)
@@ -421,8 +406,6 @@ def gradual_schedule(final: float, num_steps: int, *, initial: float = 0.0) -> l
         initial: s_i, the sparsity before the first step.
     Returns:
         n increasing targets ending exactly at `final`.
-
-    Introduced in: notebooks/08_pruning.ipynb
     """
     final, initial = check_amount(final, "final"), check_amount(initial, "initial")
     check_int(num_steps, "num_steps", low=1)

@@ -61,10 +61,7 @@ class _QuantWrapper(nn.Module):
 
 
 class QConv2d(_QuantWrapper):
-    """An `nn.Conv2d` whose weights (and inputs) are fake-quantized: (B, C_in, H, W) -> (B, C_out, H', W').
-
-    Introduced in: notebooks/09_quantization.ipynb
-    """
+    """An `nn.Conv2d` whose weights (and inputs) are fake-quantized: (B, C_in, H, W) -> (B, C_out, H', W')."""
 
     def __init__(self, conv: nn.Conv2d, num_bits: int = 8, **kwargs):
         if not isinstance(conv, nn.Conv2d):
@@ -80,10 +77,7 @@ class QConv2d(_QuantWrapper):
 
 
 class QLinear(_QuantWrapper):
-    """An `nn.Linear` whose weights (and inputs) are fake-quantized: (B, in) -> (B, out).
-
-    Introduced in: notebooks/09_quantization.ipynb
-    """
+    """An `nn.Linear` whose weights (and inputs) are fake-quantized: (B, in) -> (B, out)."""
 
     def __init__(self, linear: nn.Linear, num_bits: int = 8, **kwargs):
         if not isinstance(linear, nn.Linear):
@@ -177,10 +171,7 @@ def _swap_layers(module: nn.Module, num_bits: int, kwargs: dict) -> None:
 
 
 def quant_layers(model: nn.Module) -> dict[str, _QuantWrapper]:
-    """The fake-quantized layers of a prepared model, by name.
-
-    Introduced in: notebooks/09_quantization.ipynb
-    """
+    """The fake-quantized layers of a prepared model, by name."""
     check_model(model)
     return {n: m for n, m in model.named_modules() if isinstance(m, _QuantWrapper)}
 

@@ -36,10 +36,7 @@ _EPS = torch.finfo(torch.float32).eps  # smallest scale we allow (as PyTorch's o
 # --------------------------------------------------------------------------- checks
 
 def check_bits(num_bits, name: str = "num_bits") -> int:
-    """Raise a clear error unless `num_bits` is an int between 2 and 16; return it.
-
-    Introduced in: notebooks/09_quantization.ipynb
-    """
+    """Raise a clear error unless `num_bits` is an int between 2 and 16; return it."""
     return check_int(num_bits, name, low=MIN_BITS, high=MAX_BITS,
                      hint="1 bit is binarization (a different technique) and more than 16 bits is no longer "
                           "worth quantizing")
@@ -111,10 +108,7 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
 
 
 def minmax_range(x: torch.Tensor, *, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observed range of x: (min, max), scalars or (C,) along `axis`.
-
-    Introduced in: notebooks/09_quantization.ipynb
-    """
+    """The observed range of x: (min, max), scalars or (C,) along `axis`."""
     _check_tensor(x)
     rows = _per_channel(x.detach(), _check_axis(axis, x.ndim))
     lo, hi = rows.amin(1), rows.amax(1)
@@ -257,8 +251,6 @@ def quantize_with(x: torch.Tensor, scale, zero_point, num_bits: int = 8, *, symm
         scale, zero_point: scalars, or (C,) for per-channel along `axis`.
     Returns:
         q: int32 tensor, same shape as x.
-
-    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_tensor(x)
     qmin, qmax = qrange(num_bits, symmetric=symmetric)
@@ -316,8 +308,6 @@ class FakeQuantSTE(torch.autograd.Function):
     would stop. The straight-through estimator (Bengio et al. 2013) passes
     the gradient through unchanged where x falls inside the grid, and sets
     it to zero where x was clipped (nothing changes there if x moves a bit).
-
-    Introduced in: notebooks/09_quantization.ipynb
     """
 
     @staticmethod
@@ -376,8 +366,6 @@ def quantization_error(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = 
 def observe_range(x: torch.Tensor, method: str = "minmax", num_bits: int = 8, *, symmetric: bool = False,
                   axis: int | None = None, percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
     """The range of x chosen by `method`: "minmax", "percentile" or "mse".
-
-    Introduced in: notebooks/09_quantization.ipynb
     """
     _check_method(method)
     if method == "minmax":
@@ -395,8 +383,6 @@ class Observer(nn.Module):
     While `observing` is True, each call to `update(x)` folds the batch's
     range into the running one: "minmax" keeps the extremes over all
     batches; "percentile" and "mse" average the per-batch ranges.
-
-    Introduced in: notebooks/09_quantization.ipynb
     """
 
     def __init__(self, num_bits: int = 8, *, symmetric: bool = False, method: str = "minmax",

@@ -73,8 +73,6 @@ class native_stderr_silenced:
     runtime routes its log through Python (it does inside Jupyter), so both are
     held. If the block raises, the held text is written out after it closes,
     so nothing is lost when something fails.
-
-    Introduced in: notebooks/13_capstone.ipynb
     """
 
     def __enter__(self):

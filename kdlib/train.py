@@ -31,10 +31,7 @@ from .validation import (check_callable, check_choice, check_fraction, check_int
 
 @dataclass
 class History:
-    """Per-epoch record of a run: one entry per epoch in each list.
-
-    Introduced in: notebooks/04_teacher.ipynb
-    """
+    """Per-epoch record of a run: one entry per epoch in each list."""
 
     train_loss: list = field(default_factory=list)
     val_accuracy: list = field(default_factory=list)  # empty when no val_loader was given

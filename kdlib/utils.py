@@ -36,10 +36,7 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    """Return `device` if given, else CUDA when available, else the CPU.
-
-    Introduced in: notebooks/04_teacher.ipynb
-    """
+    """Return `device` if given, else CUDA when available, else the CPU."""
     if device is not None:
         if not isinstance(device, (str, torch.device)):
             raise TypeError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device, "
@@ -60,8 +57,6 @@ def eval_mode(model: nn.Module):
 
     `model.train(was_training)` would not do: it sets one mode on every submodule, so a
     frozen BatchNorm inside a training model would come back in train mode.
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     modes = [(m, m.training) for m in check_model(model).modules()]
     model.eval()
@@ -81,8 +76,6 @@ def _folder_is_writable(folder: Path) -> bool:
 def check_new_file(path, suffix: str | None = None, *, overwrite: bool = False) -> Path:
     """`path` as a Path that can be written: its folder exists and is writable, it ends in
     `suffix` (when given), and an existing file is only replaced with `overwrite=True`.
-
-    Introduced in: notebooks/10_edge_export.ipynb
     """
     path = check_path(path)
     if suffix is not None and path.suffix != suffix:
@@ -102,10 +95,7 @@ def check_new_file(path, suffix: str | None = None, *, overwrite: bool = False) 
 
 
 def check_existing_file(path, suffix: str | None = None) -> Path:
-    """`path` as a Path to an existing file (ending in `suffix`, when given).
-
-    Introduced in: notebooks/10_edge_export.ipynb
-    """
+    """`path` as a Path to an existing file (ending in `suffix`, when given)."""
     path = check_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist" + ("; export it first" if suffix else "")
@@ -128,8 +118,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     The bytes go to a temporary file in the same folder, which is then
     renamed over `path` (a rename within one file system is atomic).
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     path = _as_path(path)
     if not isinstance(data, (bytes, bytearray)):
@@ -189,8 +177,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, overwrite: boo
 
     Refuses to replace an existing file unless `overwrite=True`, so that a
     user's results are never lost silently.
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     check_model(model)
     path = _as_path(path)
@@ -227,7 +213,10 @@ def _sha_path(path: Path) -> Path:
 
 
 def read_expected_sha256(path: str | os.PathLike) -> str | None:
-    """The hash stored beside a checkpoint (`<path>.sha256`), or None if absent."""
+    """The hash stored beside a checkpoint (`<path>.sha256`), or None if absent.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
     sha = _sha_path(_as_path(path))
     if not sha.exists():
         return None
@@ -241,7 +230,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | 
     The file is read with `weights_only=True` (no arbitrary code runs) and
     is never modified.
 
-    Introduced in: notebooks/04_teacher.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     check_model(model)
     if sha256 is not None and not isinstance(sha256, str):
@@ -289,7 +278,7 @@ def asset_path(*parts: str) -> Path:
 def read_result(name: str) -> dict:
     """The saved result of a bench script, `kdlib/assets/results/<name>.json`, as a dict.
 
-    Introduced in: notebooks/05_distillation.ipynb
+    Introduced in: notebooks/11_microcontroller.ipynb
     """
     path = asset_path("results", f"{name}.json")
     if not path.is_file():
@@ -325,8 +314,6 @@ def load_or_train(
         train_fn: trains that model in place (its return value is ignored).
     Returns:
         the model in eval mode.
-
-    Introduced in: notebooks/04_teacher.ipynb
     """
     path = _as_path(path)
     if not callable(make_model) or not callable(train_fn):

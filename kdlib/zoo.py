@@ -54,7 +54,10 @@ def checkpoint_dir() -> Path:
 
 
 def teacher_path(dataset: str = "mnist5k") -> Path:
-    """The checkpoint path of the book's teacher for `dataset`."""
+    """The checkpoint path of the book's teacher for `dataset`.
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
     return checkpoint_dir() / f"teacher_{dataset}.pt"
 
 
@@ -77,7 +80,7 @@ def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, p
     """The book's trained teacher for `dataset`, in eval mode: loaded from its
     checkpoint (hash checked), or trained with `TEACHER_RECIPE` and saved.
 
-    Introduced in: notebooks/02_soft_labels.ipynb
+    Introduced in: notebooks/01_edge_budgets.ipynb
     """
     ds = _check_splits(ds) if ds is not None else load_dataset(dataset, **load_kwargs)
     recipe = TEACHER_RECIPE
@@ -90,7 +93,10 @@ def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, p
 
 
 def describe_recipe(recipe: TeacherRecipe = TEACHER_RECIPE) -> dict:
-    """The recipe as a plain dict (for printing and reports)."""
+    """The recipe as a plain dict (for printing and reports).
+
+    Introduced in: notebooks/04_teacher.ipynb
+    """
     if not is_dataclass(recipe) or isinstance(recipe, type):
         raise TypeError(f"recipe must be a recipe such as kdlib.zoo.TEACHER_RECIPE, got {type(recipe).__name__}")
     return asdict(recipe)
@@ -115,16 +121,16 @@ STUDENT_RECIPE = StudentRecipe()
 
 
 def student_path(dataset: str = "mnist5k") -> Path:
-    """The checkpoint path of the book's distilled student for `dataset`."""
+    """The checkpoint path of the book's distilled student for `dataset`.
+
+    Introduced in: notebooks/10_edge_export.ipynb
+    """
     return checkpoint_dir() / f"student_{dataset}.pt"
 
 
 def distill_student(student: nn.Module, teacher: nn.Module, ds: DatasetSplits,
                     recipe: StudentRecipe = STUDENT_RECIPE, *, progress: bool = True):
-    """Distil `student` from `teacher` on all of `ds.train` with `recipe` (cached logits).
-
-    Introduced in: notebooks/08_pruning.ipynb
-    """
+    """Distil `student` from `teacher` on all of `ds.train` with `recipe` (cached logits)."""
     from .train import distill
 
     _check_splits(ds)
@@ -142,7 +148,7 @@ def load_student(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, t
 
     This is the starting point of the pruning, quantization and export chapters.
 
-    Introduced in: notebooks/08_pruning.ipynb
+    Introduced in: notebooks/01_edge_budgets.ipynb
     """
     from .models import StudentCNN
 
@@ -235,8 +241,6 @@ def transfer_loader(teacher: nn.Module, transfer, recipe: DistillRecipe = DISTIL
     """A loader over the recipe's transfer set, (X, y, teacher_logits): the `recipe.copies`
     versions of `transfer` when `recipe.augment`, else `transfer` itself, with the teacher's
     logits computed once (`kdlib.inference.cache_teacher_outputs`). Share it between seeds.
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     from .data import augmented_copies
     from .inference import cache_teacher_outputs
