@@ -88,14 +88,16 @@ def test_a_page_still_showing_a_widget_gets_its_scripts_deferred():
     assert names.index("_static/require/require.js") < names.index("_static/html-manager/embed-amd.js")
 
 
+FA_JS = '  <script src="_static/vendor/fontawesome/6.5.2/js/all.min.js?digest=1"></script>\n'
+FA_PRELOAD = ('<link rel="preload" as="font" type="font/woff2" crossorigin '
+              'href="_static/vendor/fontawesome/6.5.2/webfonts/fa-solid-900.woff2" />\n')
 HEAD = ('<link href="_static/vendor/fontawesome/6.5.2/css/all.min.css?digest=1" rel="stylesheet" />\n'
-        '  <script src="_static/vendor/fontawesome/6.5.2/js/all.min.js?digest=1"></script>\n'
-        '<script src="_static/doctools.js"></script>\n')
+        + FA_PRELOAD + '<link rel="preload" as="script" href="_static/scripts/bootstrap.js" />\n'
+        + FA_JS + '<script src="_static/doctools.js"></script>\n')
 
 
 def test_fontawesome_script_removed_only_where_its_css_draws_the_icons():
-    assert sf.strip_fontawesome_js(HEAD) == HEAD.replace(
-        '  <script src="_static/vendor/fontawesome/6.5.2/js/all.min.js?digest=1"></script>\n', "")
+    assert sf.strip_fontawesome_js(HEAD) == HEAD.replace(FA_JS, "").replace(FA_PRELOAD, "")
     no_css = HEAD.split("\n", 1)[1]
     assert sf.strip_fontawesome_js(no_css) == no_css
 

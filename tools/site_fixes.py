@@ -13,8 +13,9 @@ _config.yml loads it (`sphinx: local_extensions: {site_fixes: tools}`). What it 
   two inline scripts both declare `const THEBE_JS_URL`, an error on every page); each inline
   script once (sphinx-togglebutton's was there twice).
 * After the build, the theme's Font Awesome *JavaScript* (1.5 MB, render-blocking in <head>)
-  is removed from every page: the theme also links Font Awesome's CSS and web fonts, which
-  draw the same icons from the same `<i class="fa-...">` markup. The search page's scripts
+  is removed from every page, and so is the preloading of its web fonts: the theme also links
+  Font Awesome's CSS, whose web fonts (fetched when an icon needs them) draw the same icons
+  from the same `<i class="fa-...">` markup. The search page's scripts
   (its index is its largest) are deferred.
 * The bibliography labels entries by author and year ("Hinton et al., 2015"), as the text
   cites them, instead of "[HVD15]" (bibtex_default_style: kd_author_year).
@@ -38,6 +39,7 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 MATH_IN_HTML = re.compile(r'class="[^"]*\bmath\b')
 FONTAWESOME_JS = re.compile(r'[ \t]*<script[^>]*src="[^"]*fontawesome/[^"]*/js/all\.min\.js[^"]*"[^>]*></script>\n?')
 FONTAWESOME_CSS = re.compile(r'<link[^>]*href="[^"]*fontawesome/[^"]*/css/all\.min\.css')
+FONTAWESOME_PRELOAD = re.compile(r'[ \t]*<link rel="preload" as="font"[^>]*href="[^"]*fontawesome/[^"]*"[^>]*/>\n?')
 MANIFEST = "site_figures.json"
 
 
@@ -134,10 +136,12 @@ def defer_search_js(html: str) -> str:
 
 def strip_fontawesome_js(html: str) -> str:
     """A page without the theme's Font Awesome script, when the page links Font Awesome's CSS
-    (whose web fonts draw the same icons); otherwise the page as it was."""
+    (whose web fonts draw the same icons), and without the preloading of its three web fonts
+    (300 KB fetched before the page first shows, one of them never used): the browser fetches
+    the fonts the icons on the page use. Otherwise the page as it was."""
     if not FONTAWESOME_CSS.search(html):
         return html
-    return FONTAWESOME_JS.sub("", html)
+    return FONTAWESOME_PRELOAD.sub("", FONTAWESOME_JS.sub("", html))
 
 
 # --- which notebook cell each figure comes from ---------------------------------------------
