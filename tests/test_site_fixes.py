@@ -6,6 +6,7 @@ The last test builds a tiny book with Sphinx and myst-nb (a few seconds): the sa
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -159,11 +160,15 @@ def test_page_record_names_the_cell_of_each_figure():
 
 # --- a tiny book built with Sphinx and myst-nb ------------------------------------------------
 
+# a 1x1 white PNG, as a cell's image output (base64)
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"
+
+
 def notebook() -> dict:
     view = {"model_id": "abc", "version_major": 2, "version_minor": 0}
     state = {"state": {"abc": {"model_name": "VBoxModel", "model_module": "@jupyter-widgets/controls",
                                "model_module_version": "2.0.0", "state": {}}}, "version_major": 2, "version_minor": 0}
-    cell = lambda outputs, tags=(): {"cell_type": "code", "execution_count": 1, "id": f"c{len(outputs)}{len(tags)}",  # noqa: E731
+    cell = lambda outputs, tags=(): {"cell_type": "code", "execution_count": 1, "id": f"c-{'-'.join(tags)}",  # noqa: E731
                                      "metadata": {"tags": list(tags)}, "source": "show()", "outputs": outputs}
     return {"nbformat": 4, "nbformat_minor": 5,
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -173,7 +178,10 @@ def notebook() -> dict:
                       cell([{"output_type": "display_data", "metadata": {},
                              "data": {VIEW: view, "text/html": '<p class="kd-live-only">note</p>', "text/plain": "VBox()"}}]),
                       cell([{"output_type": "display_data", "metadata": {},
-                             "data": {VIEW: view, "text/plain": "train:   0%|"}}], tags=("bar",))]}
+                             "data": {VIEW: view, "text/plain": "train:   0%|"}}], tags=("bar",)),
+                      {**cell([{"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": PNG, "text/plain": "<Figure>"}}], tags=("fig",)),
+                       "metadata": {"mystnb": {"image": {"alt": "A bar chart of the accuracy of each model"}}}}]}
 
 
 @pytest.fixture(scope="module")
@@ -209,4 +217,13 @@ def test_built_page_with_maths_loads_mathjax_and_the_record(tiny_book):
     assert "mathjax" in head.lower()
     record = json.loads((tiny_book.parent / sf.MANIFEST).read_text())
     assert record["widgets"]["source"] == "widgets.ipynb"
-    assert [c["cell_index"] for c in record["widgets"]["cells"]] == [1, 2]
+    assert [c["cell_index"] for c in record["widgets"]["cells"]] == [1, 2, 3]
+    assert [(f["cell_index"], f["alt"]) for f in record["widgets"]["figures"]] == [
+        (3, "A bar chart of the accuracy of each model")]
+
+
+def test_alt_text_from_the_cell_metadata_reaches_the_page(tiny_book):
+    """The how-to for chapter authors: {"mystnb": {"image": {"alt": "..."}}} in a cell's metadata
+    becomes the alt text of the cell's figure (myst-nb 1.4)."""
+    page = (tiny_book / "widgets.html").read_text()
+    assert re.search(r'<img alt="A bar chart of the accuracy of each model" src="_images/[0-9a-f]{64}\.png"', page)
