@@ -217,11 +217,22 @@ def channels_to_keep(conv: nn.Conv2d, amount: float, criterion: str = "l1", *,
     amount = check_amount(amount)
     m = _check_multiple(multiple_of)
     norms = filter_norms(conv, criterion)
-    c_out = norms.numel()
-    n_keep = max(1, c_out - round(amount * c_out))
+    return torch.topk(norms, keep_count(norms.numel(), amount, m)).indices.sort().values
+
+
+def keep_count(channels: int, amount: float, multiple_of: int = 1) -> int:
+    """How many of `channels` stay when `amount` of them go: `channels - round(amount * channels)`
+    (at least one), rounded to the nearest multiple of `multiple_of` (at least one multiple,
+    at most `channels`; fewer channels than `multiple_of` stay whole).
+
+    For example 12 channels at amount 0.25 keep 9, or 8 with multiple_of=8: a third removed.
+    """
+    check_int(channels, "channels", low=1)
+    amount, m = check_amount(amount), _check_multiple(multiple_of)
+    n_keep = max(1, channels - round(amount * channels))
     if m > 1:
-        n_keep = c_out if c_out < m else min(c_out, m * max(1, round(n_keep / m)))
-    return torch.topk(norms, n_keep).indices.sort().values
+        n_keep = channels if channels < m else min(channels, m * max(1, round(n_keep / m)))
+    return n_keep
 
 
 def _why_not_flat(model: nn.Module) -> str | None:
