@@ -53,6 +53,9 @@ class DatasetSplits:
     num_classes: int
     input_shape: tuple  # (C, H, W)
     classes: list = field(default_factory=list)
+    # (mean, std), one value per channel: the splits hold (pixels - mean) / std, pixels in [0, 1];
+    # None when unknown (a DatasetSplits built by hand)
+    normalisation: tuple | None = None
 
     def __repr__(self) -> str:
         return (f"DatasetSplits({self.name!r}, train={len(self.train)}, val={len(self.val)}, "
@@ -163,7 +166,7 @@ def _load_offline(name: str, seed: int) -> DatasetSplits:
     Xt, yt = _standardise(X, name), torch.as_tensor(y)
     parts = stratified_split(y, (0.7, 0.1, 0.2), seed=seed)
     train, val, test = (TensorDataset(Xt[p], yt[p]) for p in parts)
-    return DatasetSplits(name, train, val, test, len(classes), tuple(X.shape[1:]), classes)
+    return DatasetSplits(name, train, val, test, len(classes), tuple(X.shape[1:]), classes, _NORMALISE[name])
 
 
 def _missing(name: str, root) -> FileNotFoundError:
@@ -224,7 +227,8 @@ def _load_torchvision(name: str, root, download: bool, seed: int) -> DatasetSpli
     train_idx, val_idx = stratified_split(y_train.numpy(), (0.9, 0.1), seed=seed)
     return DatasetSplits(name, TensorDataset(X_train[train_idx], y_train[train_idx]),
                          TensorDataset(X_train[val_idx], y_train[val_idx]),
-                         TensorDataset(X_test, y_test), len(classes), tuple(X_train.shape[1:]), classes)
+                         TensorDataset(X_test, y_test), len(classes), tuple(X_train.shape[1:]), classes,
+                         _NORMALISE[name])
 
 
 def load_dataset(name: str, *, root=None, download: bool = False, seed: int = 0) -> DatasetSplits:

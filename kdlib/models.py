@@ -140,6 +140,36 @@ def mobilenet_v3_small_small(input_shape=(3, 32, 32), num_classes: int = 10) -> 
     return m
 
 
+class Standardise(nn.Module):
+    """The first layer of an exported model: raw pixels in [0, 1] -> (x - mean) / std per channel.
+
+    With it, a file exported for a device takes the pixels as a camera or an image file gives
+    them (8-bit values divided by 255), and the statistics of the training split travel inside
+    the model instead of in a note beside it. Input and output (B, C, H, W).
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean = check_list(mean, "mean", of=(int, float), hint="one value per channel")
+        std = check_list(std, "std", of=(int, float), hint="one value per channel")
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean and std need one value per channel and std > 0, got {mean} and {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def with_standardise(model: nn.Module, normalisation) -> nn.Module:
+    """`model` behind a `Standardise` layer (a new Sequential sharing its weights), or `model`
+    itself when `normalisation` is None."""
+    check_model(model)
+    if normalisation is None:
+        return model
+    return nn.Sequential(Standardise(*normalisation), model)
+
+
 MODELS = {
     "teacher_cnn": TeacherCNN,
     "student_cnn": StudentCNN,
