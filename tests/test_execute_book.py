@@ -160,3 +160,19 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         eb.main([str(tmp_path / "missing.ipynb")])
     assert err.value.code == 2 and "no such notebook" in capsys.readouterr().err
+
+
+def test_check_only_runs_every_cell_with_the_given_environment_and_keeps_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(eb, "book_settings", lambda: {"mode": "cache", "timeout": 120, "allow_errors": False,
+                                                      "exclude": []})
+    monkeypatch.delenv("KDLIB_CHECK_VAR", raising=False)
+    ok = write_nb(tmp_path / "ok.ipynb", "import os\nassert os.environ['KDLIB_CHECK_VAR'] == 'AVX2'")
+    bad = write_nb(tmp_path / "bad.ipynb", "assert 1 == 2, 'a claim that no longer holds'")
+    cache = tmp_path / "_build" / ".jupyter_cache"
+    assert eb.main(["--check-only", "--env", "KDLIB_CHECK_VAR=AVX2", "--cache", str(cache), str(ok)]) == 0
+    assert not cache.exists()  # nothing kept
+    assert eb.main(["--check-only", "--env", "KDLIB_CHECK_VAR=AVX2", str(ok), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "a claim that no longer holds" in out and "KDLIB_CHECK_VAR=AVX2" in out
+    with pytest.raises(SystemExit):
+        eb.main(["--check-only", "--env", "NOEQUALS", str(ok)])

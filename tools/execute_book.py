@@ -1,6 +1,7 @@
 """Execute the book's notebooks a few at a time, into the cache that `jupyter-book build` reads.
 
     python tools/execute_book.py [--jobs N] [--all] [--cache _build/.jupyter_cache] [NOTEBOOK ...]
+    python tools/execute_book.py --check-only --env ONEDNN_MAX_CPU_ISA=AVX2 --env ATEN_CPU_CAPABILITY=avx2
 
 With `execute_notebooks: cache` (_config.yml), Jupyter Book runs every notebook whose code has
 changed while it reads the pages: one after another. Every chapter trains and times its models on
@@ -16,6 +17,11 @@ exit status is 1 (the book build would run it again and stop at the same error).
 already cached is skipped unless --all is given. After a run that executed every notebook of the
 book, `book_execution.json` next to the cache records the wall time and each chapter's time
 (`make bench` prints them).
+
+`--check-only` executes every notebook and keeps nothing (no cache, no record): it checks that
+every cell, and so every assert, still passes, for instance with the kernels started under
+another CPU's instruction set (`--env NAME=VALUE` sets a variable for every kernel; oneDNN and
+ATen read theirs at process start). `make test-notebooks-avx2` runs it that way.
 """
 from __future__ import annotations
 
@@ -176,8 +182,9 @@ def write_record(path: Path, data: dict) -> None:
 
 
 def run(notebooks: list[Path], cache_dir: Path, jobs: int, redo: bool, settings: dict,
-        complete_book: bool = True, out=sys.stdout) -> int:
+        complete_book: bool = True, out=None) -> int:
     """Execute what is not cached, `jobs` at a time; 0 when every notebook ran (or was cached)."""
+    out = out or sys.stdout  # looked up at call time, so that a redirected stdout is honoured
     from jupyter_cache import get_cache
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -256,9 +263,18 @@ def main(argv=None) -> int:
     p.add_argument("--all", action="store_true", help="execute every notebook, cached or not")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help="the jupyter cache of the book build (default _build/.jupyter_cache)")
+    p.add_argument("--check-only", action="store_true",
+                   help="execute every notebook and keep nothing: only whether every cell passes counts")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for every kernel (repeatable)")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be 1 or more, got {args.jobs}")
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            p.error(f"--env takes NAME=VALUE, got {item!r}")
+        os.environ[name] = value
     missing = [str(nb) for nb in args.notebooks if not nb.is_file()]
     if missing:
         p.error("no such notebook: " + ", ".join(missing))
@@ -270,6 +286,13 @@ def main(argv=None) -> int:
         print(f"_config.yml has execute_notebooks: {settings['mode']}, not cache: the book build "
               "executes (or skips) the notebooks itself, so nothing is run here")
         return 0
+    if args.check_only:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="kdlib-check-") as tmp:
+            shown = " ".join(args.env) or "the machine's own CPU"
+            print(f"checking every cell of {len(notebooks)} notebook(s) under {shown} (nothing is kept)")
+            return run(notebooks, Path(tmp) / "cache", args.jobs, True, settings, complete_book=False)
     return run(notebooks, args.cache, args.jobs, args.all, settings, complete_book=not args.notebooks)
 
 
