@@ -33,7 +33,8 @@ MAX_BATCH = 4096  # upper bound of the dynamic batch axis of an ONNX export
 
 
 # ---------------------------------------------------------------- checks
-def _check_input(example_input) -> torch.Tensor:
+def example_batch(example_input) -> torch.Tensor:
+    """`example_input` checked to be one float batch (B, ...), on the CPU, without gradients."""
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor of one batch, e.g. torch.zeros(1, 1, 28, 28), "
                         f"got {type(example_input).__name__}")
@@ -42,17 +43,6 @@ def _check_input(example_input) -> torch.Tensor:
         raise ValueError("example_input must be a float tensor with a batch axis first, e.g. (1, C, H, W); "
                          f"got shape {tuple(example_input.shape)}")
     return example_input.detach().cpu()
-
-
-def _check_dest(path, suffix: str, overwrite: bool) -> Path:
-    return check_new_file(path, suffix, overwrite=overwrite)
-
-
-def _check_source(path, suffix: str) -> Path:
-    return check_existing_file(path, suffix)
-
-
-_write = write_file
 
 
 # ---------------------------------------------------------------- capture
@@ -76,7 +66,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: boo
     Introduced in: notebooks/10_edge_export.ipynb
     """
     check_model(model)
-    x = _check_input(example_input)
+    x = example_batch(example_input)
     shapes = None
     if dynamic_batch:
         x = x[:1].expand(2, *x.shape[1:]).contiguous()
@@ -118,7 +108,7 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path, *, overwrite: b
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    path = _check_dest(path, ".onnx", overwrite)
+    path = check_new_file(path, ".onnx", overwrite=overwrite)
     program = capture(model, example_input, dynamic_batch=True)
     try:
         onnx_program = torch.onnx.export(program, input_names=["input"], output_names=["logits"],
@@ -126,7 +116,7 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path, *, overwrite: b
     except Exception as err:
         raise ValueError(f"{type(model).__name__} was captured but has an operation ONNX cannot express: "
                          f"{str(err).strip().splitlines()[0][:300]}") from None
-    return _write(path, onnx_program.model_proto.SerializeToString())
+    return write_file(path, onnx_program.model_proto.SerializeToString())
 
 
 def onnx_session(path, threads: int = 1):
@@ -136,7 +126,7 @@ def onnx_session(path, threads: int = 1):
     """
     import onnxruntime as ort
 
-    path = _check_source(path, ".onnx")
+    path = check_existing_file(path, ".onnx")
     check_int(threads, "threads", low=1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -168,7 +158,7 @@ def run_onnx(session, X, *, batch_size: int = 256) -> torch.Tensor:
         raise TypeError("session must be an onnxruntime.InferenceSession (see onnx_session) or an .onnx path, "
                         f"got {type(session).__name__}")
     check_int(batch_size, "batch_size", low=1)
-    X = _as_numpy(X)
+    X = as_batch(X)
     spec = session.get_inputs()[0]
     _check_shape(X, spec.shape)
     step = _fixed_batch(spec.shape) or batch_size
@@ -176,7 +166,7 @@ def run_onnx(session, X, *, batch_size: int = 256) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(outs))
 
 
-def _as_numpy(X, name: str = "X") -> np.ndarray:
+def as_batch(X, name: str = "X") -> np.ndarray:
     """`X` as a float32 NumPy batch, after checking it is one: floats, (N, ...), N > 0, finite."""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
@@ -213,7 +203,8 @@ class _Batches:
 
 
 def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_range: bool = False,
-                  keep_first_conv: bool = False, op_types=None, overwrite: bool = False) -> Path:
+                  keep_first_conv: bool = False, op_types=None, activation_type: str = "uint8",
+                  overwrite: bool = False) -> Path:
     """Quantize an fp32 ONNX file to int8 with ONNX Runtime's quantization tools.
 
     First `quant_pre_process` (shape inference and graph optimisation), then:
@@ -246,6 +237,9 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
             quantize. Where int8 kernels are slower than fp32 ones for small convolutions
             (x86 without VNNI), this keeps most of the size saving without the slowdown:
             chapter 13 measures it.
+        activation_type: "uint8" (the default: the fast pairing with int8 weights on x86 CPUs)
+            or "int8" (what the integer-only runtimes of microcontrollers take, TFLite Micro and
+            CMSIS-NN; chapter 11), for mode="static".
         overwrite: replace an existing `dst`.
     Returns:
         the path written.
@@ -256,19 +250,20 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     check_choice(mode, "mode", ("static", "dynamic"))
+    check_choice(activation_type, "activation_type", ("uint8", "int8"))
     check_bool(keep_first_conv, "keep_first_conv")
     if op_types is not None:
         op_types = check_list(op_types, "op_types", of=str, hint='ONNX operator names such as ("Gemm", "MatMul")')
         if not all(op_types):
             raise ValueError(f"op_types must be ONNX operator names such as ('Gemm', 'MatMul'), got {op_types!r}")
-    src = _check_source(src, ".onnx")
-    dst = _check_dest(dst, ".onnx", overwrite)
+    src = check_existing_file(src, ".onnx")
+    dst = check_new_file(dst, ".onnx", overwrite=overwrite)
     if mode == "static":
         if calibration is None:
             raise ValueError('mode="static" needs calibration data: pass calibration=X with a few hundred '
                              'real inputs (N, C, H, W), or use mode="dynamic"')
         spec = onnx_session(src).get_inputs()[0]
-        calib = _as_numpy(calibration, "calibration")
+        calib = as_batch(calibration, "calibration")
         if calib.shape[1:] != tuple(spec.shape[1:]):
             raise ValueError(f"calibration inputs have shape {calib.shape[1:]} per example, "
                              f"the model expects {tuple(spec.shape[1:])}")
@@ -279,12 +274,13 @@ def quantize_onnx(src, dst, *, calibration=None, mode: str = "static", reduce_ra
         if mode == "static":
             reader = _Batches(spec.name, calib, _fixed_batch(spec.shape) or 64)
             quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             reduce_range=reduce_range, nodes_to_exclude=exclude, op_types_to_quantize=op_types)
         else:
             quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, reduce_range=reduce_range,
                              nodes_to_exclude=exclude, op_types_to_quantize=op_types)
-        return _write(dst, out.read_bytes())
+        return write_file(dst, out.read_bytes())
 
 
 def _first_conv(path) -> list[str]:
@@ -320,8 +316,8 @@ def quantize_xnnpack(model: nn.Module, example_input: torch.Tensor, calibration)
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    x = _check_input(example_input)[:1]
-    calib = torch.from_numpy(_as_numpy(calibration, "calibration"))
+    x = example_batch(example_input)[:1]
+    calib = torch.from_numpy(as_batch(calibration, "calibration"))
     if calib.shape[1:] != x.shape[1:]:
         raise ValueError(f"calibration inputs have shape {tuple(calib.shape[1:])} per example, "
                          f"example_input has {tuple(x.shape[1:])}")
@@ -363,14 +359,14 @@ def to_executorch(model: nn.Module, example_input: torch.Tensor, path, *, overwr
     XnnpackPartitioner = quiet_import("executorch.backends.xnnpack.partition.xnnpack_partitioner").XnnpackPartitioner
     to_edge_transform_and_lower = quiet_import("executorch.exir").to_edge_transform_and_lower
 
-    path = _check_dest(path, ".pte", overwrite)
+    path = check_new_file(path, ".pte", overwrite=overwrite)
     program = capture(model, example_input, dynamic_batch=False)
     try:
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
     except Exception as err:
         raise ValueError(f"{type(model).__name__} was captured but ExecuTorch cannot lower it: "
                          f"{str(err).strip().splitlines()[0][:300]}") from None
-    return _write(path, lowered.buffer)
+    return write_file(path, lowered.buffer)
 
 
 def executorch_method(path, threads: int = 1):
@@ -380,7 +376,7 @@ def executorch_method(path, threads: int = 1):
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    path = _check_source(path, ".pte")
+    path = check_existing_file(path, ".pte")
     check_int(threads, "threads", low=1)
     Runtime = quiet_import("executorch.runtime").Runtime
     pool = quiet_import("executorch.extension.pybindings.portable_lib")
@@ -405,7 +401,7 @@ def run_executorch(method, X) -> torch.Tensor:
     if not (callable(getattr(method, "execute", None)) and hasattr(method, "metadata")):
         raise TypeError("method must be an ExecuTorch method (see executorch_method) or a .pte path, "
                         f"got {type(method).__name__}")
-    X = _as_numpy(X)
+    X = as_batch(X)
     sizes = list(method.metadata.input_tensor_meta(0).sizes())
     _check_shape(X, sizes)
     X = torch.from_numpy(X)
@@ -447,7 +443,7 @@ def check_parity(path, model: nn.Module, inputs: torch.Tensor, *, atol: float = 
     Introduced in: notebooks/10_edge_export.ipynb
     """
     check_model(model)
-    inputs = torch.from_numpy(_as_numpy(inputs, "inputs"))
+    inputs = torch.from_numpy(as_batch(inputs, "inputs"))
     check_number(atol, "atol", low=0.0)
     try:
         with eval_mode(model), torch.no_grad():
@@ -473,12 +469,12 @@ def make_runner(path, example_input: torch.Tensor, *, threads: int = 1) -> Calla
 
     Introduced in: notebooks/10_edge_export.ipynb
     """
-    x = _check_input(example_input)
+    x = example_batch(example_input)
     suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else None
     if suffix == ".onnx":
         session = onnx_session(path, threads)
         spec = session.get_inputs()[0]
-        feed = {spec.name: _as_numpy(x, "example_input")}
+        feed = {spec.name: as_batch(x, "example_input")}
         _check_shape(feed[spec.name], spec.shape, "example_input")
         return lambda: session.run(None, feed)
     if suffix == ".pte":
@@ -519,8 +515,8 @@ def export_all(model: nn.Module, example_input: torch.Tensor, folder, name: str,
     unknown = set(backends) - set(BACKENDS)
     if unknown or not backends:
         raise ValueError(f"backends must be a non-empty subset of {BACKENDS}, got {tuple(backends)!r}")
-    x = _check_input(example_input)[:1]
-    real = torch.from_numpy(_as_numpy(calibration, "calibration"))[:32]
+    x = example_batch(example_input)[:1]
+    real = torch.from_numpy(as_batch(calibration, "calibration"))[:32]
     paths = {}
     if {"onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic"} & set(backends):
         paths["onnx_fp32"] = to_onnx(model, x, folder / f"{name}.onnx", overwrite=overwrite)

@@ -3,14 +3,13 @@
     quantize_onnx_int8(fp32_file, int8_file, calibration=X)   # int8 weights and activations (QDQ)
     model = read_int8_onnx(int8_file)                         # the integers, scales and zero points
 
-`kdlib.export.quantize_onnx` makes uint8 activations (the fast pairing on x86); the integer-only
-runtimes of microcontrollers (TFLite Micro, CMSIS-NN) take int8 activations, so this module asks
-ONNX Runtime's `quantize_static` for those, and reads the QuantizeLinear / DequantizeLinear
-pairs back into integer layers.
+`kdlib.export.quantize_onnx` makes uint8 activations by default (the fast pairing on x86); the
+integer-only runtimes of microcontrollers (TFLite Micro, CMSIS-NN) take int8 activations, so
+`quantize_onnx_int8` asks it for those, and `read_int8_onnx` reads the QuantizeLinear /
+DequantizeLinear pairs back into integer layers.
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,24 +34,10 @@ def quantize_onnx_int8(src, dst, *, calibration, overwrite: bool = False) -> Pat
 
     Introduced in: notebooks/11_microcontroller.ipynb
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from .export import quantize_onnx
 
-    from .export import _as_numpy, _Batches, _check_dest, _check_source, _write, onnx_session
-
-    src = _check_source(src, ".onnx")
-    dst = _check_dest(dst, ".onnx", overwrite)
-    spec = onnx_session(src).get_inputs()[0]
-    calib = _as_numpy(calibration, "calibration")
-    if calib.shape[1:] != tuple(spec.shape[1:]):
-        raise ValueError(f"calibration inputs have shape {calib.shape[1:]} per example, "
-                         f"the model expects {tuple(spec.shape[1:])}")
-    with tempfile.TemporaryDirectory(prefix="kdlib-mcu-") as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(out), _Batches(spec.name, calib, 64), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        return _write(dst, out.read_bytes())
+    return quantize_onnx(src, dst, calibration=calibration, mode="static", activation_type="int8",
+                         overwrite=overwrite)
 
 
 def read_int8_onnx(path) -> QModel:

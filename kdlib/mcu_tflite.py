@@ -41,7 +41,7 @@ def _require(module: str):
 @contextlib.contextmanager
 def _quiet():
     """Keep the converters' progress lines and TensorFlow's C++ log out of the output."""
-    from .export import native_stderr_silenced
+    from .quiet import native_stderr_silenced
 
     with native_stderr_silenced(), contextlib.redirect_stdout(io.StringIO()):
         yield
@@ -63,7 +63,8 @@ def to_tflite_int8(model: torch.nn.Module, example_input: torch.Tensor, calibrat
 
     Introduced in: notebooks/11_microcontroller.ipynb
     """
-    from .export import _as_numpy, _check_dest, _check_input, _write
+    from .export import as_batch, example_batch
+    from .utils import check_new_file, write_file
 
     with _quiet():   # importing it starts TensorFlow's and absl's logging
         litert_torch = _require("litert_torch")
@@ -72,12 +73,12 @@ def to_tflite_int8(model: torch.nn.Module, example_input: torch.Tensor, calibrat
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     check_model(model)
-    x = _check_input(example_input)[:1]
-    calib = torch.from_numpy(_as_numpy(calibration, "calibration"))
+    x = example_batch(example_input)[:1]
+    calib = torch.from_numpy(as_batch(calibration, "calibration"))
     if calib.shape[1:] != x.shape[1:]:
         raise ValueError(f"calibration inputs have shape {tuple(calib.shape[1:])} per example, "
                          f"example_input has {tuple(x.shape[1:])}")
-    path = _check_dest(path, ".tflite", overwrite)
+    path = check_new_file(path, ".tflite", overwrite=overwrite)
     quantizer = pt2e.PT2EQuantizer().set_global(pt2e.get_symmetric_quantization_config(is_per_channel=True))
     litert_torch.config.show_progress = False
     with _quiet(), tempfile.TemporaryDirectory(prefix="kdlib-tflite-") as tmp:
@@ -88,7 +89,7 @@ def to_tflite_int8(model: torch.nn.Module, example_input: torch.Tensor, calibrat
         converted = convert_pt2e(prepared, fold_quantize=False)
         edge = litert_torch.convert(converted, (x,), quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(Path(tmp) / "model.tflite"))
-        return _write(path, (Path(tmp) / "model.tflite").read_bytes())
+        return write_file(path, (Path(tmp) / "model.tflite").read_bytes())
 
 
 # --------------------------------------------------------------------------- TFLite Micro
