@@ -36,7 +36,7 @@ def _student_weight_bytes(width: int) -> int:
 
 @register("01.2")
 def widest_student(answer) -> str | None:
-    """The largest StudentCNN width whose fp32 weights fit in 128 KB."""
+    """The largest StudentCNN width whose fp32 weights fit in 128 KiB (131,072 bytes)."""
     budget = 128 * 1024
     if isinstance(answer, bool) or not isinstance(answer, int):
         return f"widest should be an integer width, got {type(answer).__name__}"
