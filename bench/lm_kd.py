@@ -45,10 +45,10 @@ from pathlib import Path
 
 import torch
 
-from kdlib.lm import CharTransformer, load_splits, windows
+from kdlib.lm import CharTransformer, load_splits, sample_diversity, windows
 from kdlib.lm_train import (LM_DISTILL_RECIPE, LM_STUDENT_METHOD, LM_TEACHER_RECIPE, METHODS, describe, distill_lm,
                             evaluate_lm, lm_student_config, lm_student_path, lm_teacher_config, lm_teacher_path,
-                            load_lm_teacher, predict_windows, sample_diversity, train_lm_teacher)
+                            load_lm_teacher, predict_windows, train_lm_teacher)
 from kdlib.measure import count_params, machine_info
 from kdlib.metrics import compare_paired, gap_closed
 from kdlib.utils import asset_path, atomic_write_text, save_checkpoint, sha256_file

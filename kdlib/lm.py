@@ -390,6 +390,41 @@ def generate_windowed(logits_fn, prompt: torch.Tensor, num_chars: int, *, contex
     return ids
 
 
+@torch.no_grad()
+def sample_diversity(model: nn.Module, prompts: torch.Tensor, num_chars: int, *, teacher: nn.Module | None = None,
+                     n: int = 4, temperature: float = 1.0, seed: int = 0) -> dict:
+    """How varied a model's samples are: it continues each prompt (B, P) by `num_chars` characters
+    (P + num_chars <= its context), and we measure
+
+    - "distinct": the share of distinct character n-grams among all n-grams of the continuations
+      (pooled over the B samples; 1 = no n-gram repeats);
+    - "entropy_bits": the mean entropy, in bits, of the distribution each character was drawn from;
+    - "teacher_bpc": with `teacher`, its bits per character on the continuations (how likely the
+      teacher finds them: lower = more typical text);
+
+    and return them with "ids", the (B, P + num_chars) samples.
+
+    Introduced in: notebooks/12_language_model.ipynb
+    """
+    check_model(model)
+    check_int(n, "n", low=1)
+    P = prompts.shape[1]
+    if P + num_chars > model.cfg.context or num_chars < n:
+        raise ValueError(f"need n <= num_chars and prompt + num_chars <= context ({model.cfg.context}), "
+                         f"got {P} + {num_chars}")
+    ids = generate(model, prompts, num_chars, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    new = ids[:, P:]  # (B, N)
+    grams = [tuple(row[i:i + n]) for row in new.tolist() for i in range(len(row) - n + 1)]
+    with eval_mode(model):
+        log_q = F.log_softmax(model(ids[:, :-1])[:, P - 1:] / temperature, dim=-1)  # (B, N, V) each draw
+    out = {"distinct": len(set(grams)) / len(grams),
+           "entropy_bits": float(-(log_q.exp() * log_q).sum(-1).mean()) / math.log(2), "ids": ids}
+    if teacher is not None:
+        with eval_mode(teacher):
+            log_p = F.log_softmax(teacher(ids[:, :-1])[:, P - 1:], dim=-1)  # (B, N, V) the teacher's view
+            out["teacher_bpc"] = float(-log_p.gather(-1, new[..., None]).mean()) / math.log(2)
+    return out
+
 # ---------------------------------------------------------------- ONNX
 def to_onnx_lm(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Export a `CharTransformer` to one ONNX file: input "ids" (B, T) int64 with dynamic batch and

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import check_temperature, kd_loss
-from .validation import check_tensor
+from .validation import check_int, check_tensor
 
 
 def _check_seq_logits(name: str, logits) -> torch.Tensor:
@@ -77,7 +77,7 @@ def topk_kd_loss(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, 
     Large-model distillation stores the teacher's outputs once, but V numbers per token are too
     many to keep (V is 32 k to 256 k for LLMs), so only the k largest are stored, with their token
     ids: here log p_T,j = log_softmax(z_t / T)_j for the teacher's k most likely tokens j (see
-    `kdlib.lm_train.topk_cache`). What is lost is how the teacher spreads its **tail mass**
+    `topk_cache` below). What is lost is how the teacher spreads its **tail mass**
     m = 1 - sum_{j in top-k} p_T,j over the other V - k tokens. Two ways to handle it:
 
     - tail="bucket" (the default): the tail is kept as one outcome. With q_T the student's
@@ -123,7 +123,7 @@ def topk_kd_loss(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, 
     if int(idx.min()) < 0 or int(idx.max()) >= V:
         raise ValueError(f"teacher_indices must lie in 0..{V - 1}, got values up to {int(idx.max())}")
     if float(teacher_log_probs.detach().max()) > 1e-3:
-        raise ValueError("teacher_log_probs must be log-probabilities (<= 0), e.g. from kdlib.lm_train.topk_cache, "
+        raise ValueError("teacher_log_probs must be log-probabilities (<= 0), e.g. from topk_cache, "
                          "not raw logits")
     T = check_temperature(T)
     log_p = teacher_log_probs.detach().float()                                  # (B, T, k)
@@ -202,3 +202,25 @@ def sequence_kd_loss(student_logits: torch.Tensor, teacher_tokens: torch.Tensor)
     if int(teacher_tokens.min()) < 0 or int(teacher_tokens.max()) >= V:
         raise ValueError(f"teacher_tokens must lie in 0..{V - 1}")
     return F.cross_entropy(student_logits.reshape(-1, V), teacher_tokens.reshape(-1).long())
+
+
+@torch.no_grad()
+def topk_cache(logits: torch.Tensor, k: int, T: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a top-k cache of the teacher's outputs stores: at every position its k largest
+    log-probabilities at temperature T, log_softmax(logits / T), in float16, and their token ids
+    in uint8: 3 bytes per kept value instead of 4 per vocabulary entry (what `topk_kd_loss` reads).
+
+    Args:
+        logits: (n, T, V) the teacher's logits, V <= 256.
+    Returns:
+        (log_probs (n, T, k) float16, indices (n, T, k) uint8), most likely first.
+
+    Introduced in: notebooks/12_language_model.ipynb
+    """
+    check_tensor(logits, "logits", ndim=3, floating=True, shape_hint="(n, T, V)")
+    V = logits.shape[-1]
+    check_int(k, "k", low=1, high=V)
+    if V > 256:
+        raise ValueError(f"uint8 token ids hold a vocabulary of at most 256, got V = {V}")
+    log_probs, indices = F.log_softmax(logits.float() / check_temperature(T), dim=-1).topk(k, dim=-1)  # (n, T, k)
+    return log_probs.half(), indices.to(torch.uint8)

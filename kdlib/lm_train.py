@@ -6,8 +6,11 @@ when missing).
     teacher = load_lm_teacher(splits)                  # kdlib/assets/checkpoints/lm_teacher_shakespeare.pt
     evaluate_lm(teacher, splits.val)["bpc"]            # bits per character on val
 
-The distillation methods of chapter 12 (token-level KD from full or top-k logits, sequence-level
-KD, on-policy reverse KL) are in `kdlib/lm_distill.py`.
+    student = load_lm_student(teacher, splits)         # the distilled student that bench/lm_kd.py ships
+
+and the distillation methods of chapter 12, all at equal compute (`distill_lm`): token-level KD
+from the full or the top-k teacher logits, sequence-level KD, on-policy distillation with the
+reverse KL (the losses themselves are in `kdlib/lm_losses.py`).
 """
 from __future__ import annotations
 
@@ -335,29 +338,6 @@ def _check_method(method) -> str:
 
 
 @torch.no_grad()
-def topk_cache(logits: torch.Tensor, k: int, T: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a top-k cache of the teacher's outputs stores: at every position its k largest
-    log-probabilities at temperature T, log_softmax(logits / T), in float16, and their token ids
-    in uint8: 3 bytes per kept value instead of 4 per vocabulary entry (for `topk_kd_loss`).
-
-    Args:
-        logits: (n, T, V) the teacher's logits, V <= 256.
-    Returns:
-        (log_probs (n, T, k) float16, indices (n, T, k) uint8), most likely first.
-
-    Introduced in: notebooks/12_language_model.ipynb
-    """
-    from .losses import check_temperature
-
-    V = logits.shape[-1]
-    check_int(k, "k", low=1, high=V)
-    if V > 256:
-        raise ValueError(f"uint8 token ids hold a vocabulary of at most 256, got V = {V}")
-    log_probs, indices = F.log_softmax(logits.float() / check_temperature(T), dim=-1).topk(k, dim=-1)  # (n, T, k)
-    return log_probs.half(), indices.to(torch.uint8)
-
-
-@torch.no_grad()
 def teacher_text(teacher: nn.Module, X: torch.Tensor, recipe: LMDistillRecipe = LM_DISTILL_RECIPE, *,
                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence-level KD's training text: for every window of X (n, T), the teacher continues its
@@ -405,6 +385,8 @@ def method_data(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tenso
     logits = once("logits", lambda: predict_windows(teacher, X, batch_size=256))  # (n, T, V)
     if method in ("kd_full", "on_policy"):  # on-policy: its warm-up steps are token-level KD
         return X, Y, logits
+    from .lm_losses import topk_cache
+
     return (X, Y) + once(f"top{recipe.top_k}_T{recipe.T:g}", lambda: topk_cache(logits, recipe.top_k, recipe.T))
 
 
@@ -466,43 +448,6 @@ def distill_lm(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tensor
                        loss_fn=method_loss(method, teacher, recipe), val_ids=val_ids, eval_every=eval_every,
                        seed=seed, progress=progress)
     return student, history
-
-
-@torch.no_grad()
-def sample_diversity(model: nn.Module, prompts: torch.Tensor, num_chars: int, *, teacher: nn.Module | None = None,
-                     n: int = 4, temperature: float = 1.0, seed: int = 0) -> dict:
-    """How varied a model's samples are: it continues each prompt (B, P) by `num_chars` characters
-    (P + num_chars <= its context), and we measure
-
-    - "distinct": the share of distinct character n-grams among all n-grams of the continuations
-      (pooled over the B samples; 1 = no n-gram repeats);
-    - "entropy_bits": the mean entropy, in bits, of the distribution each character was drawn from;
-    - "teacher_bpc": with `teacher`, its bits per character on the continuations (how likely the
-      teacher finds them: lower = more typical text);
-
-    and return them with "ids", the (B, P + num_chars) samples.
-
-    Introduced in: notebooks/12_language_model.ipynb
-    """
-    from .lm import generate
-
-    check_model(model)
-    check_int(n, "n", low=1)
-    P = prompts.shape[1]
-    if P + num_chars > model.cfg.context or num_chars < n:
-        raise ValueError(f"need n <= num_chars and prompt + num_chars <= context ({model.cfg.context}), "
-                         f"got {P} + {num_chars}")
-    ids = generate(model, prompts, num_chars, temperature=temperature, generator=torch.Generator().manual_seed(seed))
-    new = ids[:, P:]  # (B, N)
-    grams = [tuple(row[i:i + n]) for row in new.tolist() for i in range(len(row) - n + 1)]
-    with eval_mode(model):
-        log_q = F.log_softmax(model(ids[:, :-1])[:, P - 1:] / temperature, dim=-1)  # (B, N, V) each draw
-    out = {"distinct": len(set(grams)) / len(grams),
-           "entropy_bits": float(-(log_q.exp() * log_q).sum(-1).mean()) / LN2, "ids": ids}
-    if teacher is not None:
-        with eval_mode(teacher):
-            out["teacher_bpc"] = bits_per_char(teacher(ids[:, :-1])[:, P - 1:], new)
-    return out
 
 
 LM_STUDENT_NAME = "lm_student_shakespeare.pt"

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from kdlib import lm_train
 from kdlib.lm import (CORPUS_SHA256, CharTokenizer, CharTransformer, LMConfig, generate, generate_windowed, load_corpus,
                       load_splits, onnx_logits_fn, random_windows, sample_next, to_onnx_lm, windows)
-from kdlib.lm_losses import reverse_kl_loss, sequence_kd_loss, token_kd_loss, topk_kd_loss
+from kdlib.lm_losses import reverse_kl_loss, sequence_kd_loss, token_kd_loss, topk_cache, topk_kd_loss
 from kdlib.lm_train import (LN2, bits_per_char, evaluate_lm, lm_teacher_config, lm_teacher_path, load_lm_teacher,
-                            shuffled_batches, topk_cache)
+                            shuffled_batches)
 from kdlib.losses import kd_loss
 from kdlib.utils import sha256_file
 
@@ -323,6 +323,16 @@ def test_shipped_teacher_loads_with_its_hash(tmp_path):
     bad.with_name(bad.name + ".sha256").write_text(path.with_name(path.name + ".sha256").read_text())
     with pytest.raises(ValueError, match="corrupted"):
         load_lm_teacher(path=bad, verbose=False)
+
+
+def test_shipped_student_is_ten_times_smaller_than_the_teacher():
+    from kdlib.lm_train import lm_student_path, load_lm_student
+
+    if not lm_student_path().exists() or not lm_teacher_path().exists():
+        pytest.skip("the LM checkpoints are not built yet (bench/lm_kd.py)")
+    student, teacher = load_lm_student(verbose=False), load_lm_teacher(verbose=False)
+    n_student, n_teacher = (sum(p.numel() for p in m.parameters()) for m in (student, teacher))
+    assert n_teacher >= 10 * n_student and not student.training
 
 
 def test_missing_teacher_is_trained_and_saved(tmp_path, monkeypatch):
