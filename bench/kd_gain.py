@@ -1,22 +1,33 @@
-"""How much does distillation help when labels are scarce?  Several seeds of the
-student alone vs the distilled student in the book's data-scarce setting.
+"""How much does distillation help when labels are scarce?  The student alone, given the same
+compute, against the distilled student in the book's data-scarce setting, over seeds, with
+the control that credits the gain to soft targets.
 
-    OMP_NUM_THREADS=1 python bench/kd_gain.py            # 5 seeds, kdlib.zoo.DISTILL_RECIPE
-    OMP_NUM_THREADS=1 python bench/kd_gain.py --seeds 2 --epochs 2 --alone-epochs 20    # a quick look
-    OMP_NUM_THREADS=1 python bench/kd_gain.py --no-augment --epochs 150   # without augmentation
+    OMP_NUM_THREADS=1 python bench/kd_gain.py --json kdlib/assets/results/kd_gain.json   # 5 seeds, about 35 min
+    OMP_NUM_THREADS=1 python bench/kd_gain.py --alone-sweep --json kdlib/assets/results/kd_alone_sweep.json
+    OMP_NUM_THREADS=1 python bench/kd_gain.py --sweep --json kdlib/assets/results/kd_sweep.json
+    OMP_NUM_THREADS=1 python bench/kd_gain.py --seeds 2 --epochs 1 --alone-epochs 34   # a quick look
 
-The setting (kdlib.zoo.DISTILL_RECIPE): the student may use the labels of 1,000 training
-images of MNIST-5k (a stratified subset). The student alone trains on those 1,000 labelled
-images, augmented on the fly (random shifts and rotations). The distilled student trains on
-the transfer set: all 3,500 training images in 10 fixed versions (the originals and 9
-augmented copies, the same augmentation), with the teacher's soft targets computed once on
-each, and the same 1,000 labels (the hard term sees only those). Both use the same
-architecture, optimiser, learning-rate schedule and seeds. The teacher is the book's
-(trained on all 3,500 labels). Choices were made on val; test is reported.
+The setting (kdlib.zoo.DISTILL_RECIPE): the students may use the labels of 1,000 training
+images of MNIST-5k (a stratified subset). Four students per seed, the same architecture,
+initial weights, optimiser (AdamW, cosine schedule) and seed:
 
-Prints per-seed accuracies, gains and wall times, then mean ± std; the last line is
-`gap_closed=<mean over seeds of (kd - alone) / (teacher - alone)> wins=<seeds where kd > alone>/<seeds>`.
-With `--json PATH` the figures are also written there (atomically; `--force` to replace).
+- kd: the distilled student, trained on the transfer set (all 3,500 training images in 10
+  fixed versions, the originals and 9 augmented copies, with the teacher's soft targets
+  computed once on each) for `num_epochs` passes: 4,110 gradient steps;
+- alone: the student alone with the same compute, `alone_epochs` passes over the 1,000
+  labelled images (4,112 steps), with its own augmentation, mixup and learning rate chosen
+  on val by `--alone-sweep`, as T and alpha were for kd by `--sweep`;
+- hard: the control, kd's images, steps and learning rate with the teacher's top class as a
+  hard label on the unlabelled images (`kdlib.zoo.pseudo_label_loss`): everything but the
+  soft targets;
+- alone_short: the baseline chapter 5 used before (100 passes, 800 steps, light
+  augmentation), to show what an unequal budget does to the comparison.
+
+Pairs are compared with `kdlib.metrics.compare_paired` (paired by seed, 95 % t-interval).
+The teacher is the book's (trained on all 3,500 labels). Choices are made on val; test is
+reported. The last line is `gap_closed=<mean over seeds of (kd - alone) / (teacher - alone)>
+wins=<seeds where kd > alone>/<seeds>`. With `--json PATH` everything is also written there
+(atomically; `--force` to replace an existing file).
 """
 from __future__ import annotations
 
@@ -31,10 +42,14 @@ import torch
 
 from kdlib.data import load_dataset, make_loader
 from kdlib.inference import evaluate
-from kdlib.metrics import format_mean_std, gap_closed, mean_std
+from kdlib.metrics import compare_paired, format_mean_std, gap_closed, mean_std
 from kdlib.utils import atomic_write_text
-from kdlib.zoo import (DISTILL_RECIPE, distill_scarce, load_teacher, make_scarce_student, scarce_data, train_alone,
-                       transfer_loader)
+from kdlib.zoo import (AUGMENTATIONS, DISTILL_RECIPE, distill_scarce, load_teacher, make_scarce_student,
+                       pseudo_label_loss, scarce_data, scarce_steps, train_alone, transfer_loader)
+
+STUDENTS = ("alone", "kd", "hard", "alone_short")
+PAIRS = (("kd", "alone"), ("kd", "hard"), ("hard", "alone"), ("kd", "alone_short"), ("alone", "alone_short"))
+SHORT_ALONE = {"alone_epochs": 100, "alone_augment": "light", "alone_mixup": None}  # the earlier baseline
 
 
 def parse_args(argv=None):
@@ -48,12 +63,19 @@ def parse_args(argv=None):
     p.add_argument("--copies", type=int, default=None, help="override the recipe's versions of the transfer set")
     p.add_argument("--T", type=float, default=None, help="override the recipe's temperature")
     p.add_argument("--alpha", type=float, default=None, help="override the recipe's alpha")
+    p.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS),
+                   help="which students to train (default all four)")
     p.add_argument("--sweep", action="store_true",
                    help="instead: distil --sweep-seeds students for every T in --sweep-T and alpha in "
                         "--sweep-alpha, and report val accuracy (how the recipe's T and alpha were chosen)")
     p.add_argument("--sweep-T", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     p.add_argument("--sweep-alpha", type=float, nargs="+", default=[0.7, 0.9, 1.0])
-    p.add_argument("--sweep-seeds", type=int, default=2, help="seeds per (T, alpha) in --sweep (default 2)")
+    p.add_argument("--sweep-seeds", type=int, default=2, help="seeds per setting in --sweep / --alone-sweep")
+    p.add_argument("--alone-sweep", action="store_true",
+                   help="instead: choose the student alone's augmentation and mixup (at the recipe's lr), then "
+                        "its learning rate, on val (how the recipe's alone_* fields were chosen)")
+    p.add_argument("--sweep-lr", type=float, nargs="+", default=[2e-3, 5e-3, 1e-2])
+    p.add_argument("--sweep-mixup", type=float, nargs="+", default=[0.4])
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     return p.parse_args(argv)
@@ -61,60 +83,89 @@ def parse_args(argv=None):
 
 def recipe_from(args):
     changes = {"num_epochs": args.epochs, "alone_epochs": args.alone_epochs, "num_labels": args.labels,
-               "width": args.width, "copies": args.copies,
-               "T": args.T, "alpha": args.alpha}
+               "width": args.width, "copies": args.copies, "T": args.T, "alpha": args.alpha}
     if args.no_augment:
-        changes["augment"] = False
+        changes.update(augment=False, alone_augment="none", alone_mixup=None)
     return dataclasses.replace(DISTILL_RECIPE, **{k: v for k, v in changes.items() if v is not None})
 
 
-def run(recipe, seeds: int) -> dict:
-    """Train the two students for each seed; return every figure as a dict."""
+def setting(recipe):
+    """The data, the teacher and its logits on the transfer set's copies (computed once)."""
     torch.set_num_threads(1)
     ds = load_dataset("mnist5k")
     teacher = load_teacher("mnist5k", ds=ds, verbose=False)
+    labelled, transfer = scarce_data(ds, recipe)
+    return ds, teacher, labelled, transfer_loader(teacher, transfer, recipe)
+
+
+def train_student(name, ds, teacher, labelled, cached, recipe, seed):
+    """Train student `name` (one of STUDENTS) with `seed`; return it."""
+    torch.manual_seed(seed)
+    student = make_scarce_student(ds, recipe)
+    if name == "alone":
+        train_alone(student, labelled, recipe, seed=seed)
+    elif name == "alone_short":
+        train_alone(student, labelled, dataclasses.replace(recipe, **SHORT_ALONE, alone_lr=recipe.lr), seed=seed)
+    elif name == "kd":
+        distill_scarce(student, teacher, cached, recipe, seed=seed)
+    else:
+        distill_scarce(student, teacher, cached, recipe, seed=seed, logit_loss=pseudo_label_loss)
+    return student
+
+
+def comparisons(rows, names) -> dict:
+    """compare_paired on test accuracy for every pair of PAIRS whose students were trained."""
+    out = {}
+    for a, b in PAIRS:
+        if a in names and b in names and len(rows) >= 2:
+            c = compare_paired([r[f"{a}_test"] for r in rows], [r[f"{b}_test"] for r in rows])
+            out[f"{a}_vs_{b}"] = {"mean": c.mean, "low": c.low, "high": c.high, "verdict": c.verdict,
+                                  "wins": c.wins, "n": c.n, "text": c.format("+.2%")}
+    return out
+
+
+def run(recipe, seeds: int, names=STUDENTS) -> dict:
+    """Train the students for each seed; return every figure as a dict."""
+    ds, teacher, labelled, cached = setting(recipe)
     val, test = make_loader(ds.val, 500), make_loader(ds.test, 500)
     teacher_test = evaluate(teacher, test)["accuracy"]
-    labelled, transfer = scarce_data(ds, recipe)
-    cached = transfer_loader(teacher, transfer, recipe)  # the teacher's logits, computed once
     rows = []
     for seed in range(seeds):
         row = {"seed": seed}
-        for name in ("alone", "kd"):
-            torch.manual_seed(seed)
-            student = make_scarce_student(ds, recipe)
+        for name in names:
             t0 = time.perf_counter()
-            if name == "alone":
-                train_alone(student, labelled, recipe, seed=seed)
-            else:
-                distill_scarce(student, teacher, cached, recipe, seed=seed)
+            student = train_student(name, ds, teacher, labelled, cached, recipe, seed)
             row[f"{name}_wall_s"] = time.perf_counter() - t0
             row[f"{name}_val"] = evaluate(student, val)["accuracy"]
-            row[f"{name}_test"] = evaluate(student, test)["accuracy"]
-        row["gain"] = row["kd_test"] - row["alone_test"]
-        row["gap_closed"] = gap_closed(row["kd_test"], row["alone_test"], teacher_test)
+            e = evaluate(student, test, teacher=teacher)
+            row[f"{name}_test"], row[f"{name}_agreement"] = e["accuracy"], e["agreement"]
+        if "kd" in names and "alone" in names:
+            row["gain"] = row["kd_test"] - row["alone_test"]
+            row["gap_closed"] = gap_closed(row["kd_test"], row["alone_test"], teacher_test)
         rows.append(row)
-        print(f"seed {seed}: alone {row['alone_test']:.2%} ({row['alone_wall_s']:.0f} s)  "
-              f"kd {row['kd_test']:.2%} ({row['kd_wall_s']:.0f} s)  gain {row['gain']:+.2%}  "
-              f"gap closed {row['gap_closed']:.2f}", flush=True)
-    alone, kd = [r["alone_test"] for r in rows], [r["kd_test"] for r in rows]
-    return {"recipe": dataclasses.asdict(recipe), "teacher_test": teacher_test, "rows": rows,
-            "alone_mean": mean_std(alone)[0], "alone_std": mean_std(alone)[1],
-            "kd_mean": mean_std(kd)[0], "kd_std": mean_std(kd)[1],
-            "gap_closed_mean": mean_std([r["gap_closed"] for r in rows])[0],
-            "gap_closed_std": mean_std([r["gap_closed"] for r in rows])[1],
-            "gap_closed_of_means": gap_closed(mean_std(kd)[0], mean_std(alone)[0], teacher_test),
-            "wins": sum(r["kd_test"] > r["alone_test"] for r in rows), "seeds": len(rows)}
+        print(f"seed {seed}: " + "  ".join(f"{n} {row[f'{n}_test']:.2%} ({row[f'{n}_wall_s']:.0f} s)" for n in names)
+              + (f"  gap closed {row['gap_closed']:.2f}" if "gap_closed" in row else ""), flush=True)
+    out = {"recipe": dataclasses.asdict(recipe), "steps": scarce_steps(recipe, len(ds.train)),
+           "short_alone": SHORT_ALONE, "teacher_test": teacher_test, "students": list(names), "rows": rows,
+           "seeds": len(rows), "comparisons": comparisons(rows, names)}
+    for name in names:
+        out[f"{name}_mean"], out[f"{name}_std"] = mean_std([r[f"{name}_test"] for r in rows])
+    if "gap_closed" in rows[0]:
+        out["gap_closed_mean"], out["gap_closed_std"] = mean_std([r["gap_closed"] for r in rows])
+        out["wins"] = sum(r["kd_test"] > r["alone_test"] for r in rows)
+        for other in ("hard", "alone_short"):
+            if other in names:
+                base = "alone" if other == "hard" else other
+                num = "hard" if other == "hard" else "kd"
+                out[f"gap_closed_{num}_vs_{base}"] = mean_std(
+                    [gap_closed(r[f"{num}_test"], r[f"{base}_test"], teacher_test) for r in rows])[0]
+    return out
 
 
 def sweep(recipe, Ts, alphas, seeds: int) -> dict:
     """Distil `seeds` students per (T, alpha); return the val and test accuracy of each."""
-    torch.set_num_threads(1)
-    ds = load_dataset("mnist5k")
-    teacher = load_teacher("mnist5k", ds=ds, verbose=False)
+    ds, teacher, _, cached = setting(recipe)
     val, test = make_loader(ds.val, 500), make_loader(ds.test, 500)
-    _, transfer = scarce_data(ds, recipe)
-    cached = transfer_loader(teacher, transfer, recipe)  # the teacher's logits, computed once
     rows = []
     for T in Ts:
         for alpha in alphas:
@@ -122,9 +173,7 @@ def sweep(recipe, Ts, alphas, seeds: int) -> dict:
             row = {"T": T, "alpha": alpha, "val": [], "test": []}
             t0 = time.perf_counter()
             for seed in range(seeds):
-                torch.manual_seed(seed)
-                student = make_scarce_student(ds, r)
-                distill_scarce(student, teacher, cached, r, seed=seed)
+                student = train_student("kd", ds, teacher, None, cached, r, seed)
                 row["val"].append(evaluate(student, val)["accuracy"])
                 row["test"].append(evaluate(student, test)["accuracy"])
             row["val_mean"] = mean_std(row["val"])[0]
@@ -135,6 +184,52 @@ def sweep(recipe, Ts, alphas, seeds: int) -> dict:
     return {"recipe": dataclasses.asdict(recipe), "seeds": seeds, "rows": rows}
 
 
+def _alone_row(ds, labelled, recipe, seeds, val, test) -> dict:
+    row = {"alone_augment": recipe.alone_augment, "alone_mixup": recipe.alone_mixup, "alone_lr": recipe.alone_lr,
+           "val": [], "test": []}
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        student = train_student("alone", ds, None, labelled, None, recipe, seed)
+        row["val"].append(evaluate(student, val)["accuracy"])
+        row["test"].append(evaluate(student, test)["accuracy"])
+    row["val_mean"], row["wall_s"] = mean_std(row["val"])[0], time.perf_counter() - t0
+    print(f"augment {row['alone_augment']:<6} mixup {str(row['alone_mixup']):<5} lr {row['alone_lr']:<7g} "
+          f"val {row['val_mean']:.2%} ({', '.join(format(v, '.1%') for v in row['val'])}; {row['wall_s']:.0f} s)",
+          flush=True)
+    return row
+
+
+def alone_sweep(recipe, lrs, mixups, seeds: int) -> dict:
+    """The student alone's choices on val, one coordinate at a time: first augmentation x
+    mixup at the recipe's learning rate, then the learning rate for the best of those."""
+    torch.set_num_threads(1)
+    ds = load_dataset("mnist5k")
+    labelled, _ = scarce_data(ds, recipe)
+    val, test = make_loader(ds.val, 500), make_loader(ds.test, 500)
+    rows = []
+    for aug in AUGMENTATIONS:
+        for mix in (None, *mixups):
+            r = dataclasses.replace(recipe, alone_augment=aug, alone_mixup=mix, alone_lr=recipe.lr)
+            rows.append(_alone_row(ds, labelled, r, seeds, val, test))
+    best = max(rows, key=lambda row: row["val_mean"])  # the first of equals: the simplest
+    for lr in lrs:
+        if lr != recipe.lr:
+            r = dataclasses.replace(recipe, alone_augment=best["alone_augment"], alone_mixup=best["alone_mixup"],
+                                    alone_lr=lr)
+            rows.append(_alone_row(ds, labelled, r, seeds, val, test))
+    best = max(rows, key=lambda row: row["val_mean"])
+    chosen = {k: best[k] for k in ("alone_augment", "alone_mixup", "alone_lr")}
+    fixed = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in chosen}
+    return {"recipe": fixed, "seeds": seeds, "rows": rows, "best": chosen,
+            "steps": scarce_steps(recipe, len(ds.train))["alone"]}
+
+
+def write(path, out, force=False) -> None:
+    if path is not None:
+        atomic_write_text(path, json.dumps(out, indent=1) + "\n")
+        print(f"wrote {path}")
+
+
 def main_sweep(args, recipe) -> int:
     out = sweep(recipe, args.sweep_T, args.sweep_alpha, args.sweep_seeds)
     best = max(out["rows"], key=lambda r: r["val_mean"])  # chosen on val; test is only stored
@@ -143,17 +238,41 @@ def main_sweep(args, recipe) -> int:
     for T in args.sweep_T:
         vals = [r["val_mean"] for r in out["rows"] if r["T"] == T]
         print(f"T = {T:<6g}" + "".join(f"{v:<13.2%}" for v in vals))
-    if args.json is not None:
-        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write(args.json, out)
     print(f"best_T={best['T']:g} best_alpha={best['alpha']:g} val={best['val_mean']:.4f}")
     return 0
 
 
+def main_alone_sweep(args, recipe) -> int:
+    out = alone_sweep(recipe, args.sweep_lr, args.sweep_mixup, args.sweep_seeds)
+    write(args.json, out)
+    b = out["best"]
+    best_val = max(r["val_mean"] for r in out["rows"])
+    print(f"best_augment={b['alone_augment']} best_mixup={b['alone_mixup']} best_lr={b['alone_lr']:g} "
+          f"val={best_val:.4f}")
+    return 0
+
+
+def report(out) -> None:
+    names = out["students"]
+    print(f"steps per student     {out['steps']}")
+    print(f"teacher (test)        {out['teacher_test']:.2%}")
+    for name in names:
+        print(f"{name:<12} (test)    {format_mean_std([r[f'{name}_test'] for r in out['rows']], '.2%')}  "
+              f"agreement {mean_std([r[f'{name}_agreement'] for r in out['rows']])[0]:.2%}  "
+              f"{mean_std([r[f'{name}_wall_s'] for r in out['rows']])[0]:.0f} s per run")
+    for key, c in out["comparisons"].items():
+        print(f"{key:<22} {c['text']}  wins {c['wins']}/{c['n']}")
+    if "gap_closed_mean" in out:
+        print(f"gap closed            {out['gap_closed_mean']:.3f} ± {out['gap_closed_std']:.3f} per seed "
+              f"(against the student alone with the same compute)")
+    print(f"total wall time       {out['total_wall_s']:.0f} s")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.seeds < 1:
-        print("error: --seeds must be at least 1", file=sys.stderr)
+    if args.seeds < 1 or args.sweep_seeds < 1:
+        print("error: --seeds and --sweep-seeds must be at least 1", file=sys.stderr)
         return 2
     if args.json is not None and args.json.exists() and not args.force:
         print(f"error: {args.json} exists; pass --force to replace it", file=sys.stderr)
@@ -162,23 +281,17 @@ def main(argv=None) -> int:
     print(f"recipe: {recipe}")
     if args.sweep:
         return main_sweep(args, recipe)
+    if args.alone_sweep:
+        return main_alone_sweep(args, recipe)
     t0 = time.perf_counter()
-    out = run(recipe, args.seeds)
+    out = run(recipe, args.seeds, [n for n in STUDENTS if n in args.students])
     out["total_wall_s"] = time.perf_counter() - t0
-    alone, kd = [r["alone_test"] for r in out["rows"]], [r["kd_test"] for r in out["rows"]]
-    print(f"teacher (test)        {out['teacher_test']:.2%}")
-    print(f"student alone (test)  {format_mean_std(alone, '.2%')}  over {out['seeds']} seeds")
-    print(f"distilled (test)      {format_mean_std(kd, '.2%')}")
-    gains = ', '.join(format(r['gain'], '+.2%') for r in out['rows'])
-    print(f"per-seed gains        {gains}")
-    print(f"gap closed            {out['gap_closed_mean']:.3f} ± {out['gap_closed_std']:.3f} per seed; "
-          f"{out['gap_closed_of_means']:.3f} from the means")
-    print(f"wall time per run     alone {mean_std([r['alone_wall_s'] for r in out['rows']])[0]:.0f} s, "
-          f"kd {mean_std([r['kd_wall_s'] for r in out['rows']])[0]:.0f} s; total {out['total_wall_s']:.0f} s")
-    if args.json is not None:
-        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.json}")
-    print(f"gap_closed={out['gap_closed_mean']:.3f} wins={out['wins']}/{out['seeds']}")
+    report(out)
+    write(args.json, out)
+    if "gap_closed_mean" in out:
+        print(f"gap_closed={out['gap_closed_mean']:.3f} wins={out['wins']}/{out['seeds']}")
+    else:
+        print(f"students={','.join(out['students'])} seeds={out['seeds']}")
     return 0
 
 

@@ -21,7 +21,7 @@ from .data import as_tensors
 from .guards import run_model
 from .hooks import capture, check_layer_names, collect
 from .utils import eval_mode, get_device
-from .validation import check_list, check_loader, check_model, check_tensor
+from .validation import check_int, check_list, check_loader, check_model, check_tensor
 
 
 def channels_last(model: nn.Module, device) -> bool:
@@ -105,6 +105,81 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None 
             raise ValueError(f"teacher predicts {t_logits.shape[1]} classes, the model {logits.shape[1]}")
         out["agreement"] = (t_logits.argmax(1) == logits.argmax(1)).float().mean().item()
     return out
+
+
+def _fidelity_of(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> dict:
+    """Agreement, KL(teacher || model) and accuracy (labelled rows only) from (N, K) logits."""
+    log_p_t, log_p = F.log_softmax(teacher_logits.double(), 1), F.log_softmax(logits.double(), 1)
+    out = {"agreement": (logits.argmax(1) == teacher_logits.argmax(1)).double().mean().item(),
+           "kl": (log_p_t.exp() * (log_p_t - log_p)).sum(1).mean().item()}
+    labelled = y >= 0  # UNLABELLED (-1) rows have no accuracy
+    if labelled.any():
+        out["accuracy"] = (logits.argmax(1)[labelled] == y[labelled]).double().mean().item()
+    return out
+
+
+@torch.no_grad()
+def fidelity(model: nn.Module, loader: DataLoader, teacher_logits: torch.Tensor, *, device=None) -> dict:
+    """How closely `model` matches a teacher on `loader` (Stanton et al. 2021's fidelity):
+
+        agreement = mean_i [argmax z_i = argmax t_i],   kl = mean_i KL(softmax(t_i) || softmax(z_i))
+
+    with z the model's and t the teacher's logits (T = 1), and the accuracy on the labelled
+    examples (labels >= 0; left out when there are none).
+
+    Args:
+        model: the student, run in eval mode (its modes are restored).
+        loader: yields (X, y) batches of N examples, in a fixed order (no shuffle).
+        teacher_logits: (N, K) the teacher's logits on the same examples, in the same order.
+    Returns:
+        {"agreement": float, "kl": float (nats), "accuracy": float}.
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+    check_tensor(teacher_logits, "teacher_logits", ndim=2, floating=True, shape_hint="(N, K)")
+    check_loader(loader, "loader")
+    if isinstance(loader.sampler, RandomSampler):
+        raise ValueError("loader shuffles its examples, so they cannot be matched with teacher_logits row by row; "
+                         "pass a loader without shuffle, e.g. make_loader(dataset, 500)")
+    logits, y = predict_logits(model, loader, device=device)
+    if logits.shape != teacher_logits.shape:
+        raise ValueError(f"teacher_logits must be (N, K) = {tuple(logits.shape)} for this loader and model, "
+                         f"got {tuple(teacher_logits.shape)}: compute them with predict_logits(teacher, loader)")
+    return _fidelity_of(logits, teacher_logits.cpu(), y)
+
+
+def track_fidelity(teacher: nn.Module, loaders: dict, *, every: int = 1, device=None):
+    """A `callback` for `kdlib.train.train` / `distill` that records, every `every` epochs,
+    the student's agreement, KL and accuracy (see `fidelity`) on each loader, as
+    `History.metrics["<name>_agreement"]`, `["<name>_kl"]`, `["<name>_accuracy"]`, and the
+    number of epochs done so far as `["epoch"]`. The teacher runs once per loader, here.
+
+    Args:
+        teacher: the teacher (eval mode, no gradients).
+        loaders: {name: loader of (X, y), not shuffled}, e.g. {"train": ..., "test": ...}.
+        every: record after epochs every, 2 * every, ... (1: after each).
+    Returns:
+        a function (epoch, student) -> dict, or None on the epochs it skips.
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+    check_model(teacher, "teacher")
+    check_int(every, "every", low=1)
+    if not isinstance(loaders, dict) or not loaders:
+        raise TypeError("loaders must be a non-empty dict {name: DataLoader}, e.g. {'test': make_loader(ds.test, 500)}")
+    for name, loader in loaders.items():
+        check_loader(loader, f"loaders[{name!r}]")
+    targets = {name: predict_logits(teacher, loader, device=device)[0] for name, loader in loaders.items()}
+
+    def callback(epoch: int, student: nn.Module) -> dict | None:
+        if (epoch + 1) % every:
+            return None
+        out = {"epoch": epoch + 1}
+        for name, loader in loaders.items():
+            out.update({f"{name}_{k}": v for k, v in fidelity(student, loader, targets[name], device=device).items()})
+        return out
+
+    return callback
 
 
 # ----------------------------------------------------------------------------- the teacher's outputs, once

@@ -36,6 +36,7 @@ class History:
     train_loss: list = field(default_factory=list)
     val_accuracy: list = field(default_factory=list)  # empty when no val_loader was given
     epoch_time_s: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # name -> one value per epoch, from a `callback`
 
     @property
     def num_epochs(self) -> int:
@@ -75,8 +76,10 @@ def _epochs(num_epochs: int, progress: bool, desc: str):
 
 
 def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, schedule,
-         val_loader, device, progress, desc, teacher: nn.Module | None = None) -> History:
-    """The one training loop: `batch_loss(net, batch)` returns the loss of one batch."""
+         val_loader, device, progress, desc, teacher: nn.Module | None = None, callback=None,
+         trained: nn.Module | None = None) -> History:
+    """The one training loop: `batch_loss(net, batch)` returns the loss of one batch;
+    `callback(epoch, trained)` (trained: the model the caller passed) is called after each epoch."""
     opt, sched = _make_optimizer(model, lr, weight_decay, num_epochs, schedule)
     history = History()
     net, loader, sampler = model, *shard(loader)
@@ -94,6 +97,8 @@ def _fit(model, loader, batch_loss: Callable, *, num_epochs, lr, weight_decay, s
             if sampler is not None:
                 total, count = all_reduce_sum(total, count, device)
             _record(history, model, float(total) / count, t0, val_loader, device)
+            if callback is not None:
+                _run_callback(history, callback, epoch, trained if trained is not None else model, device)
             if progress:
                 bar.set_postfix({"loss": f"{history.train_loss[-1]:.3f}",
                                  **({"val_acc": f"{history.val_accuracy[-1]:.3f}"} if history.val_accuracy else {})})
@@ -138,6 +143,28 @@ def _record(history: History, model, train_loss: float, t0: float, val_loader, d
         history.val_accuracy.append(evaluate(model, val_loader, device=device)["accuracy"])
 
 
+def _run_callback(history: History, callback, epoch: int, model, device) -> None:
+    """Call `callback(epoch, model)` without changing the random draws of the training that
+    follows (a DataLoader's iterator draws a seed from torch's generator, for instance)."""
+    cuda = torch.device(device).type == "cuda"
+    with torch.random.fork_rng(devices=None if cuda else []):
+        values = callback(epoch, model)
+    _record_metrics(history, values)
+
+
+def _record_metrics(history: History, values) -> None:
+    """Append a callback's {name: number} to `history.metrics` (None records nothing)."""
+    if values is None:
+        return
+    if not isinstance(values, dict):
+        raise TypeError(f"a callback must return a dict of numbers (or None), got {type(values).__name__}")
+    for name, value in values.items():
+        try:
+            history.metrics.setdefault(str(name), []).append(float(value))
+        except (TypeError, ValueError):
+            raise TypeError(f"a callback's values must be numbers, got {name!r}: {type(value).__name__}") from None
+
+
 def _reseed(loader: DataLoader, seed: int | None) -> None:
     if seed is None:
         return
@@ -147,6 +174,12 @@ def _reseed(loader: DataLoader, seed: int | None) -> None:
 
 
 # ----------------------------------------------------------------------------- what each batch sees
+
+
+def _check_callback(callback) -> None:
+    if callback is not None:
+        check_callable(callback, "callback", hint="a function (epoch, model) -> dict of numbers or None, "
+                                                   "e.g. kdlib.inference.track_fidelity(teacher, loaders)")
 
 
 def _check_transforms(augment, mixup) -> None:
@@ -189,7 +222,7 @@ def _mixed(loss_of: Callable, y: torch.Tensor, perm: torch.Tensor | None, lam: f
 def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, lr: float = 1e-3,
           weight_decay: float = 0.0, schedule: str = "cosine", augment: Callable | None = None,
           mixup: float | None = None, val_loader: DataLoader | None = None, device=None,
-          progress: bool = True, seed: int | None = None) -> History:
+          progress: bool = True, seed: int | None = None, callback: Callable | None = None) -> History:
     """Train `model` with cross-entropy on the labels (AdamW, cosine schedule).
 
     Args:
@@ -204,6 +237,10 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
         device: defaults to CUDA when available, else the CPU.
         progress: show a progress bar over epochs.
         seed: re-seed torch and the loader's shuffle before training.
+        callback: optional `callback(epoch, model) -> {name: number} or None`, called after
+            each epoch (epoch counts from 0); the numbers go to `History.metrics[name]`, one
+            per epoch (e.g. `kdlib.inference.track_fidelity`). It must leave the model's mode
+            as it found it (`kdlib.utils.eval_mode`, as `predict_logits` does).
     Returns:
         a `History`; the model is left in eval mode.
 
@@ -212,6 +249,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
     _check_run(model, num_epochs, lr)
     check_loader(train_loader)
     _check_transforms(augment, mixup)
+    _check_callback(callback)
     _reseed(train_loader, seed)
     device = get_device(device)
     model.to(device)
@@ -223,7 +261,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int = 10, l
         return _mixed(lambda y: F.cross_entropy(z, y), batch[1], perm, lam)
 
     return _fit(model, train_loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
-                schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="train")
+                schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="train",
+                callback=callback)
 
 
 # ----------------------------------------------------------------------------- distill
@@ -313,7 +352,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
             num_epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0, schedule: str = "cosine",
             augment: Callable | None = None, mixup: float | None = None, cache_teacher: bool | None = None,
             val_loader: DataLoader | None = None, device=None, progress: bool = True,
-            seed: int | None = None) -> History:
+            seed: int | None = None, callback: Callable | None = None) -> History:
     """Train `student` to match `teacher`, with a logit term and an optional feature term:
 
         L = logit_loss(z_s, z_t, y) + beta * feature_loss([s_1, ..., s_n], [t_1, ..., t_n])
@@ -340,6 +379,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
         feature_loss, student_layers, teacher_layers, beta: the optional feature term.
         augment, mixup: as in `train` (with mixup the logit loss mixes its two labels' losses).
         cache_teacher: None chooses True without augment/mixup, False with them.
+        callback: as in `train`; it gets the student.
         the rest: as in `train`.
     Returns:
         a `History`; the student is left in eval mode.
@@ -348,6 +388,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
     """
     _check_run(student, num_epochs, lr, "student")
     cache = _check_distill(student, teacher, train_loader, T, alpha, logit_loss, augment, mixup, cache_teacher)
+    _check_callback(callback)
     s_layers, t_layers = _check_feature_term(student, teacher, feature_loss, student_layers, teacher_layers, beta)
     logit_loss = logit_loss or (lambda z_s, z_t, y: kd_loss(z_s, z_t, y, T=T, alpha=alpha))
     warn_if_train_mode(teacher)
@@ -386,4 +427,4 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
 
         return _fit(model, loader, batch_loss, num_epochs=num_epochs, lr=lr, weight_decay=weight_decay,
                     schedule=schedule, val_loader=val_loader, device=device, progress=progress, desc="distill",
-                    teacher=None if cached else teacher)
+                    teacher=None if cached else teacher, callback=callback, trained=student)

@@ -62,8 +62,9 @@ def teacher_path(dataset: str = "mnist5k") -> Path:
 
 
 def train_teacher(model: nn.Module, ds: DatasetSplits, recipe: TeacherRecipe = TEACHER_RECIPE,
-                  *, progress: bool = True):
-    """Train `model` on `ds.train` with `recipe`; returns the `History`.
+                  *, progress: bool = True, callback=None):
+    """Train `model` on `ds.train` with `recipe`; returns the `History`. `callback` is
+    `kdlib.train.train`'s (e.g. to keep checkpoints of the run after chosen epochs).
 
     Introduced in: notebooks/04_teacher.ipynb
     """
@@ -72,7 +73,7 @@ def train_teacher(model: nn.Module, ds: DatasetSplits, recipe: TeacherRecipe = T
     loader = make_loader(ds.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
     return train(model, loader, num_epochs=recipe.num_epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
                  augment=random_shift_rotate if recipe.augment else None,
-                 val_loader=make_loader(ds.val, 500), progress=progress, seed=recipe.seed)
+                 val_loader=make_loader(ds.val, 500), progress=progress, seed=recipe.seed, callback=callback)
 
 
 def load_teacher(dataset: str = "mnist5k", *, ds: DatasetSplits | None = None, progress: bool = True,
@@ -171,10 +172,13 @@ class DistillRecipe:
     """The book's data-scarce setting (chapter 5): the student may see only `num_labels`
     labels, and the teacher's soft targets on every training image (the transfer set).
 
-    Both students get the same light augmentation (`kdlib.data.random_shift_rotate`): the
-    student alone on the fly, the distilled student through `copies` fixed versions of the
-    transfer set, on which the teacher's logits are computed once. Each choice was made on the
-    validation set; bench/kd_gain.py reports test.
+    The distilled student trains on `copies` fixed versions of the transfer set (the
+    originals and light augmentations, `kdlib.data.random_shift_rotate`), on which the
+    teacher's logits are computed once. The student alone gets the same compute: as many
+    gradient steps (`alone_epochs` passes over the labelled images, see `scarce_steps`), with
+    its own augmentation, mixup and learning rate chosen on val (bench/kd_gain.py
+    --alone-sweep), as T and alpha were for the distilled one (--sweep). bench/kd_gain.py
+    reports test.
     """
 
     num_labels: int = 1000   # labelled training images (a stratified subset, `label_seed`)
@@ -182,14 +186,17 @@ class DistillRecipe:
     depth: int = 2           # conv blocks, each halving the resolution
     T: float = 2.0           # distillation temperature (chosen on val: bench/kd_gain.py --sweep)
     alpha: float = 1.0       # weight of the soft term; the hard term (1 - alpha) sees only the labelled images
-    augment: bool = True     # augment both students (False: the plain images only)
+    augment: bool = True     # the distilled student's copies are augmented (False: the plain transfer set)
     copies: int = 10         # versions of the transfer set: the originals + 9 augmented ones
-    num_epochs: int = 15     # passes over the transfer set's copies (35,000 images per pass)
-    alone_epochs: int = 100  # passes over the labelled images for the student alone
+    num_epochs: int = 15     # passes over the transfer set's copies (35,000 images, 274 steps per pass)
+    alone_epochs: int = 514  # passes over the labelled images (8 steps each): as many steps as num_epochs
     lr: float = 5e-3         # AdamW peak learning rate, cosine decay to 0
     weight_decay: float = 0.0
     batch_size: int = 128
     label_seed: int = 0      # which images carry labels (and the seed of the augmented copies)
+    alone_augment: str = "light"      # the student alone's augmentation, a key of AUGMENTATIONS (chosen on val)
+    alone_mixup: float | None = None  # its mixup concentration, or None (chosen on val)
+    alone_lr: float = 5e-3            # its peak learning rate (chosen on val)
 
 
 DISTILL_RECIPE = DistillRecipe()
@@ -211,6 +218,28 @@ def scarce_data(ds: DatasetSplits, recipe: DistillRecipe = DISTILL_RECIPE):
     return labelled, partially_labelled(ds.train, labelled)
 
 
+def _strong_shift_rotate(X, generator=None):
+    return random_shift_rotate(X, max_shift=3, max_degrees=20, generator=generator)
+
+
+AUGMENTATIONS = {"none": None, "light": random_shift_rotate, "strong": _strong_shift_rotate}
+"""The student alone's augmentations: none; light (shifts up to 2 px, rotations up to 10
+degrees, as the teacher and the distilled student's copies); strong (3 px, 20 degrees)."""
+
+
+def scarce_steps(recipe: DistillRecipe = DISTILL_RECIPE, n_train: int = 3500) -> dict:
+    """Gradient steps of the two students of `recipe` when the training set has `n_train`
+    images: {"distilled": ..., "alone": ...} (each pass ends with a smaller last batch).
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    _check_recipe(recipe, DistillRecipe)
+    copies = recipe.copies if recipe.augment else 1
+    per_pass = -(-copies * n_train // recipe.batch_size)  # ceil
+    return {"distilled": recipe.num_epochs * per_pass,
+            "alone": recipe.alone_epochs * -(-recipe.num_labels // recipe.batch_size)}
+
+
 def make_scarce_student(ds: DatasetSplits, recipe: DistillRecipe = DISTILL_RECIPE) -> nn.Module:
     """A fresh `StudentCNN` of the recipe's width and depth for `ds`.
 
@@ -224,17 +253,20 @@ def make_scarce_student(ds: DatasetSplits, recipe: DistillRecipe = DISTILL_RECIP
 
 
 def train_alone(student: nn.Module, labelled, recipe: DistillRecipe = DISTILL_RECIPE, *, seed: int = 0,
-                val_loader=None, progress: bool = False):
-    """The baseline: `student` trained with cross-entropy on the labelled images only
-    (augmented on the fly when `recipe.augment`).
+                val_loader=None, progress: bool = False, callback=None):
+    """The baseline: `student` trained with cross-entropy on the labelled images only, for
+    `recipe.alone_epochs`, with the recipe's `alone_augment` (on the fly), `alone_mixup`
+    and `alone_lr`.
 
     Introduced in: notebooks/05_distillation.ipynb
     """
     _check_recipe(recipe, DistillRecipe)
+    if recipe.alone_augment not in AUGMENTATIONS:
+        raise ValueError(f"recipe.alone_augment must be one of {sorted(AUGMENTATIONS)}, got {recipe.alone_augment!r}")
     loader = make_loader(labelled, recipe.batch_size, shuffle=True, seed=seed)
-    return train(student, loader, num_epochs=recipe.alone_epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                 augment=random_shift_rotate if recipe.augment else None, val_loader=val_loader,
-                 progress=progress, seed=seed)
+    return train(student, loader, num_epochs=recipe.alone_epochs, lr=recipe.alone_lr,
+                 weight_decay=recipe.weight_decay, augment=AUGMENTATIONS[recipe.alone_augment],
+                 mixup=recipe.alone_mixup, val_loader=val_loader, progress=progress, seed=seed, callback=callback)
 
 
 def transfer_loader(teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE):
@@ -251,9 +283,10 @@ def transfer_loader(teacher: nn.Module, transfer, recipe: DistillRecipe = DISTIL
 
 
 def distill_scarce(student: nn.Module, teacher: nn.Module, transfer, recipe: DistillRecipe = DISTILL_RECIPE, *,
-                   seed: int = 0, val_loader=None, progress: bool = False):
+                   seed: int = 0, val_loader=None, progress: bool = False, logit_loss=None, callback=None):
     """Distil `student` from `teacher` on the transfer set (soft targets on every image,
-    labels where there are some) with `recipe`.
+    labels where there are some) with `recipe`; `logit_loss` replaces the recipe's
+    `kd_loss` (e.g. `pseudo_label_loss`), `callback` is `distill`'s.
 
     `transfer` is the data set from `scarce_data` (its loader is then built here, with
     `transfer_loader`), or a loader `transfer_loader` already returned.
@@ -266,6 +299,25 @@ def distill_scarce(student: nn.Module, teacher: nn.Module, transfer, recipe: Dis
 
     _check_recipe(recipe, DistillRecipe)
     loader = transfer if isinstance(transfer, DataLoader) else transfer_loader(teacher, transfer, recipe)
-    return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, num_epochs=recipe.num_epochs,
-                   lr=recipe.lr, weight_decay=recipe.weight_decay, cache_teacher=True, val_loader=val_loader,
-                   progress=progress, seed=seed)
+    return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, logit_loss=logit_loss,
+                   num_epochs=recipe.num_epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, cache_teacher=True,
+                   val_loader=val_loader, progress=progress, seed=seed, callback=callback)
+
+
+def pseudo_label_loss(student_logits, teacher_logits, y):
+    """Cross-entropy on hard labels: the true label where there is one (y >= 0), the
+    teacher's top class elsewhere. `distill_scarce(..., logit_loss=pseudo_label_loss)` is
+    the control that keeps everything but the soft targets.
+
+    Args:
+        student_logits, teacher_logits: (B, K); y: (B,) with -1 for unlabelled examples.
+    Returns:
+        a scalar.
+
+    Introduced in: notebooks/05_distillation.ipynb
+    """
+    import torch
+    import torch.nn.functional as F
+
+    hard = torch.where(y >= 0, y, teacher_logits.argmax(1))  # (B,)
+    return F.cross_entropy(student_logits, hard)
