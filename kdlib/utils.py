@@ -223,16 +223,51 @@ def read_expected_sha256(path: str | os.PathLike) -> str | None:
     return sha.read_text().split()[0]
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | None = None) -> nn.Module:
-    """Load weights saved by `save_checkpoint` into `model`, checking the hash first.
+# What checkpoints written by other tools wrap their weights in, and the prefixes their keys carry:
+# DataParallel / DistributedDataParallel add "module.", torch.compile adds "_orig_mod.".
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+KEY_PREFIXES = ("module.", "_orig_mod.")
 
-    The expected hash is `sha256` if given, else the one in `<path>.sha256`.
-    The file is read with `weights_only=True` (no arbitrary code runs) and
-    is never modified.
 
-    Introduced in: notebooks/13_capstone.ipynb
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def unwrap_state_dict(obj, where: str = "the checkpoint") -> dict:
+    """The tensors of a state dict, from what training scripts commonly save: the dict itself,
+    `{"state_dict": ...}` (or "model_state_dict", "model", "net", "weights") beside other entries
+    such as the epoch or the optimiser, and keys prefixed with "module." (DataParallel) or
+    "_orig_mod." (torch.compile)."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        obj = next((obj[k] for k in CHECKPOINT_KEYS if _is_state_dict(obj.get(k))), obj)
+    if not _is_state_dict(obj):
+        kind = f"a dict with the keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{where} does not hold a state dict (name -> tensor) but {kind}; save the weights with "
+                         "torch.save(model.state_dict(), path)")
+    for prefix in KEY_PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def _pickled_model_error(path: Path) -> ValueError:
+    return ValueError(
+        f"checkpoint {path} holds a pickled Python object (a whole model saved with torch.save(model)?), not only "
+        "weights, and unpickling it runs code from the file. If you trust where it came from, pass trust_pickle=True "
+        "(--trust-pickle on the command line); better, save its weights once: "
+        "torch.save(torch.load(path, weights_only=False).state_dict(), 'weights.pt')")
+
+
+def read_checkpoint(path: str | os.PathLike, *, sha256: str | None = None, trust_pickle: bool = False):
+    """The contents of a checkpoint file, its hash checked first (`sha256`, else `<path>.sha256` if present).
+
+    Read with `weights_only=True` (tensors and plain containers only, no code runs) unless
+    `trust_pickle`, which also unpickles whole models. Returns what the file holds (a state
+    dict, a dict around one, or with `trust_pickle` an `nn.Module`).
     """
-    check_model(model)
     if sha256 is not None and not isinstance(sha256, str):
         raise TypeError(f"sha256 must be a hex string, got {type(sha256).__name__}")
     path = _existing_file(path, "checkpoint ")
@@ -244,21 +279,46 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | 
             f"expected {expected[:12]}...; delete it to retrain, or restore the original file"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}); "
-                         "is it a file written by save_checkpoint?") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path} does not hold a state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise ValueError(
-            f"checkpoint {path} does not fit {type(model).__name__}: {detail}. "
-            "Build the model with the same architecture and width it was saved with."
-        ) from None
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as err:  # a truncated or foreign file, or a pickled object
+        if not trust_pickle and "weights_only" in str(err).lower().replace(" ", "_"):
+            raise _pickled_model_error(path) from None
+        raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}: "
+                         f"{(str(err).strip().splitlines() or [''])[0][:120]}); is it a PyTorch checkpoint?") from None
+
+
+def _mismatch(model: nn.Module, state: dict) -> str | None:
+    """What keeps `state` from loading into `model`: missing and unexpected keys, shape differences."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    parts = [f"{len(missing)} key(s) of the model missing from it (e.g. {', '.join(missing[:3])})" if missing else "",
+             f"{len(unexpected)} key(s) the model does not have (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+             f"{len(shapes)} shape(s) differ (e.g. {'; '.join(shapes[:2])})" if shapes else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, sha256: str | None = None,
+                    trust_pickle: bool = False) -> nn.Module:
+    """Load the weights in a checkpoint into `model`, checking the hash first.
+
+    The expected hash is `sha256` if given, else the one in `<path>.sha256` (if any). The
+    file is read with `weights_only=True` (no code runs) and is never modified. Besides
+    `save_checkpoint`'s files it reads the common formats of other scripts (see
+    `unwrap_state_dict`); a whole pickled model only with `trust_pickle=True`.
+
+    Introduced in: notebooks/13_capstone.ipynb
+    """
+    check_model(model)
+    state = unwrap_state_dict(read_checkpoint(path, sha256=sha256, trust_pickle=trust_pickle),
+                              f"checkpoint {path}")
+    problem = _mismatch(model, state)
+    if problem:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: {problem}. Build the model with "
+                         "the architecture and sizes it was saved with.")
+    model.load_state_dict(state)
     return model
 
 
