@@ -11,13 +11,13 @@ logit on the test images:
 - kdlib's integer-only NumPy engine (`kdlib.mcu`, requant "fixed") with ONNX Runtime;
 - the generated C (`kdlib.mcu_c`) built with the host's gcc with the NumPy engine;
 - the C built with arm-none-eabi-gcc for a Cortex-M4 and run under QEMU (`-M mps2-an386`), and
-  for a Cortex-M0 run on QEMU's BBC micro:bit (16 KB of RAM), with the host build;
+  for a Cortex-M0 run on QEMU's BBC micro:bit (16 KiB of RAM), with the host build;
 - the LiteRT file (litert-torch) run by TFLite Micro with kdlib's engine on the same integers
   (requant "gemmlowp"), and its predictions with ONNX Runtime's.
 
 The n images are spread evenly over the test set (which is sorted by class).
 Flash and RAM come from a deployment build (the model alone, no C library) linked into the
-Cortex-M0+ class budget (64 KB flash, 16 KB RAM), with what took the bytes. The instruction
+Cortex-M0+ class budget (64 KiB flash, 16 KiB RAM), with what took the bytes. The instruction
 count is QEMU's: with `-icount shift=0` its virtual clock advances 1 ns per guest instruction,
 and SysTick ticks, calibrated on a loop of known length, count the instructions of one inference.
 It is not a cycle count (QEMU models no pipeline, wait states or bus): a lower bound on the time.

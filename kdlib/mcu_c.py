@@ -208,7 +208,7 @@ def _arm_flags(cpu: str) -> list[str]:
 
 def build_firmware(model: QModel, folder, *, requant: str = "fixed", board: str = "mps2-an386") -> Path:
     """The test firmware: model + harness + newlib (nano, semihosting) for a QEMU board
-    (`BOARDS`: the MPS2 AN386's Cortex-M4, or the micro:bit's Cortex-M0 with 16 KB of RAM);
+    (`BOARDS`: the MPS2 AN386's Cortex-M4, or the micro:bit's Cortex-M0 with 16 KiB of RAM);
     it reads `inputs.bin` from QEMU's folder and prints the outputs.
 
     Introduced in: notebooks/11_microcontroller.ipynb
