@@ -11,13 +11,18 @@ images, and the median and 90th percentile of batch-1 latency. All twelve back
 ends are timed in one `kdlib.measure.compare_latency` run (interleaved rounds,
 warm-up, one thread), so that their ratios are comparable on a noisy machine.
 
-The last line is `speedup=... size_ratio=...`:
-    speedup     the eager teacher's median latency / the fastest student back end's
-    size_ratio  the teacher's `.pt` bytes / the smallest student file's bytes
+The last line is `speedup=... same_runtime_speedup=... size_ratio=...`:
+    speedup               the eager teacher's median latency / the fastest student back end's
+    same_runtime_speedup  teacher / student, both in ONNX Runtime fp32 (what compression alone buys)
+    size_ratio            the teacher's `.pt` bytes / the smallest student file's bytes
+With `--json PATH` the table and the machine (`kdlib.measure.machine_info`) are also written
+there (atomically; `--force` to replace an existing file).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +30,7 @@ import torch
 
 from kdlib import export, measure, zoo
 from kdlib.data import as_tensors, load_dataset
+from kdlib.utils import atomic_write_text
 
 N_CALIB = 128  # training images that calibrate the int8 activation ranges (as in the chapter)
 
@@ -63,7 +69,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     p.add_argument("--repeats", type=int, default=40, help="timed calls per back end and round (default 40)")
     p.add_argument("--threads", type=int, default=1, help="threads for every back end (default 1)")
+    p.add_argument("--json", type=Path, default=None, help="also write the table to this JSON file")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
+    if args.json is not None and args.json.exists() and not args.force:
+        sys.exit(f"error: {args.json} exists; pass --force to replace it")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="kdlib-bench-latency-") as tmp:
         rows, runners, _ = build_rows(Path(tmp), args.threads)
@@ -79,8 +89,14 @@ def main(argv=None) -> int:
         ratio = rows[(name, "onnx_int8_static")]["median_us"] / rows[(name, "onnx_fp32")]["median_us"]
         print(f"{name}: ONNX Runtime int8 static / fp32 latency = {ratio:.2f}")
     speedup = teacher["median_us"] / min(r["median_us"] for r in students)
+    same_runtime = rows[("teacher", "onnx_fp32")]["median_us"] / rows[("student", "onnx_fp32")]["median_us"]
     size_ratio = teacher["bytes"] / min(r["bytes"] for r in students)
-    print(f"speedup={speedup:.1f} size_ratio={size_ratio:.1f}")
+    if args.json is not None:
+        result = {"machine": measure.machine_info(), "threads": args.threads, "rounds": args.rounds,
+                  "repeats": args.repeats, "rows": [{"model": m, "backend": b, **r} for (m, b), r in rows.items()]}
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    print(f"speedup={speedup:.1f} same_runtime_speedup={same_runtime:.1f} size_ratio={size_ratio:.1f}")
     return 0
 
 
