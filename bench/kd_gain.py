@@ -76,6 +76,8 @@ def parse_args(argv=None):
                         "its learning rate, on val (how the recipe's alone_* fields were chosen)")
     p.add_argument("--sweep-lr", type=float, nargs="+", default=[2e-3, 5e-3, 1e-2])
     p.add_argument("--sweep-mixup", type=float, nargs="+", default=[0.4])
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="with --alone-sweep: reuse the rows of an earlier sweep file of the same recipe")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     return p.parse_args(argv)
@@ -199,24 +201,40 @@ def _alone_row(ds, labelled, recipe, seeds, val, test) -> dict:
     return row
 
 
-def alone_sweep(recipe, lrs, mixups, seeds: int) -> dict:
+def alone_sweep(recipe, lrs, mixups, seeds: int, earlier: list | None = None) -> dict:
     """The student alone's choices on val, one coordinate at a time: first augmentation x
-    mixup at the recipe's learning rate, then the learning rate for the best of those."""
+    mixup at the recipe's learning rate, then the learning rate for the best of those (the
+    grid is extended by factors of 2 while its best value is at an end). Rows of `earlier`
+    (an earlier sweep of the same recipe and seeds) are reused instead of retrained."""
     torch.set_num_threads(1)
     ds = load_dataset("mnist5k")
     labelled, _ = scarce_data(ds, recipe)
     val, test = make_loader(ds.val, 500), make_loader(ds.test, 500)
     rows = []
+
+    def row_for(aug, mix, lr):
+        for row in rows:
+            if (row["alone_augment"], row["alone_mixup"], row["alone_lr"]) == (aug, mix, lr):
+                return row
+        old = [r for r in earlier or [] if (r["alone_augment"], r["alone_mixup"], r["alone_lr"]) == (aug, mix, lr)]
+        r = dataclasses.replace(recipe, alone_augment=aug, alone_mixup=mix, alone_lr=lr)
+        rows.append(old[0] if old else _alone_row(ds, labelled, r, seeds, val, test))
+        return rows[-1]
+
     for aug in AUGMENTATIONS:
         for mix in (None, *mixups):
-            r = dataclasses.replace(recipe, alone_augment=aug, alone_mixup=mix, alone_lr=recipe.lr)
-            rows.append(_alone_row(ds, labelled, r, seeds, val, test))
+            row_for(aug, mix, recipe.lr)
     best = max(rows, key=lambda row: row["val_mean"])  # the first of equals: the simplest
-    for lr in lrs:
-        if lr != recipe.lr:
-            r = dataclasses.replace(recipe, alone_augment=best["alone_augment"], alone_mixup=best["alone_mixup"],
-                                    alone_lr=lr)
-            rows.append(_alone_row(ds, labelled, r, seeds, val, test))
+    grid = sorted({*lrs, recipe.lr})
+    for _ in range(4):  # at most 4 extensions of the grid
+        for lr in grid:
+            row_for(best["alone_augment"], best["alone_mixup"], lr)
+        on_grid = [r for r in rows if r["alone_augment"] == best["alone_augment"]
+                   and r["alone_mixup"] == best["alone_mixup"]]
+        best_lr = max(on_grid, key=lambda row: row["val_mean"])["alone_lr"]
+        if best_lr not in (grid[0], grid[-1]):
+            break
+        grid = [*grid, grid[-1] * 2] if best_lr == grid[-1] else [grid[0] / 2, *grid]
     best = max(rows, key=lambda row: row["val_mean"])
     chosen = {k: best[k] for k in ("alone_augment", "alone_mixup", "alone_lr")}
     fixed = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in chosen}
@@ -244,7 +262,16 @@ def main_sweep(args, recipe) -> int:
 
 
 def main_alone_sweep(args, recipe) -> int:
-    out = alone_sweep(recipe, args.sweep_lr, args.sweep_mixup, args.sweep_seeds)
+    earlier = None
+    if args.reuse is not None:
+        old = json.loads(args.reuse.read_text())
+        same = old.get("seeds") == args.sweep_seeds and old.get("recipe") == {
+            k: v for k, v in dataclasses.asdict(recipe).items() if k in old.get("recipe", {})}
+        if not same:
+            print(f"error: {args.reuse} is a sweep of another recipe or number of seeds", file=sys.stderr)
+            return 2
+        earlier = old["rows"]
+    out = alone_sweep(recipe, args.sweep_lr, args.sweep_mixup, args.sweep_seeds, earlier)
     write(args.json, out)
     b = out["best"]
     best_val = max(r["val_mean"] for r in out["rows"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from .validation import UNLABELLED, check_int, check_list, check_number, check_tensor
 
@@ -388,16 +388,90 @@ def augmented_copies(dataset: Dataset, copies: int, *, augment=random_shift_rota
     """
     check_int(copies, "copies", low=1)
     _check_seed(seed)
-    if not callable(augment):
+    if augment is None:
         raise TypeError("augment must be a function (B, C, H, W) -> (B, C, H, W) that accepts generator=, "
-                        f"e.g. kdlib.data.random_shift_rotate; got {type(augment).__name__}")
+                        "e.g. kdlib.data.random_shift_rotate; got None")
+    _check_augment(augment)
     X, y = as_tensors(dataset)
     g = torch.Generator().manual_seed(seed)
-    versions = [X]
-    for _ in range(copies - 1):
-        out = augment(X, generator=g)
-        if not isinstance(out, torch.Tensor) or out.shape != X.shape:
-            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"augment must return a tensor shaped like its input {tuple(X.shape)}, got {got}")
-        versions.append(out)
-    return TensorDataset(torch.cat(versions), y.repeat(copies))
+    out = torch.empty((copies * len(X), *X.shape[1:]), dtype=X.dtype)  # filled copy by copy: no second copy in memory
+    out[:len(X)] = X
+    for c in range(1, copies):
+        out[c * len(X):(c + 1) * len(X)] = _augmented_copy(augment, X, g)
+    return TensorDataset(out, y.repeat(copies))
+
+
+def _augmented_copy(augment, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    out = augment(X, generator=generator)
+    if not isinstance(out, torch.Tensor) or out.shape != X.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"augment must return a tensor shaped like its input {tuple(X.shape)}, got {got}")
+    return out
+
+
+def _check_augment(augment) -> None:
+    if augment is not None and not callable(augment):
+        raise TypeError("augment must be a function (B, C, H, W) -> (B, C, H, W) that accepts generator=, "
+                        f"e.g. kdlib.data.random_shift_rotate; got {type(augment).__name__}")
+
+
+def mixup_copies(dataset: Dataset, copies: int, *, concentration: float = 1.0, augment=random_shift_rotate,
+                 seed: int = 0) -> TensorDataset:
+    """`copies` mixed versions of every example, fixed once, so that a teacher's logits on
+    them can be cached: Beyer et al.'s (2022) function-matching views, made in advance.
+
+    Copy c of example i is lam * a(x_i) + (1 - lam) * a(x_j), with a(.) a fresh augmentation
+    (`augment`, None for none), j a random partner and lam ~ Beta(concentration,
+    concentration), both drawn per example and per copy. A mixed image has no single label:
+    every label is UNLABELLED (-1), so `kd_loss` uses only the teacher's soft targets on it.
+
+    Args:
+        dataset: N examples (X, y).
+        copies: how many mixed versions of each example, >= 1.
+        concentration: a of Beta(a, a); 1 draws lam uniformly in [0, 1].
+        augment: a function (B, C, H, W) -> (B, C, H, W) that accepts `generator=`, or None.
+        seed: seeds the augmentations, partners and weights, so the copies repeat exactly.
+    Returns:
+        a TensorDataset of X (copies * N, C, H, W) and y (copies * N,) = -1, copy by copy.
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+    check_int(copies, "copies", low=1)
+    _check_seed(seed)
+    a = check_number(concentration, "concentration", low=1e-3, high=1e3, hint="1.0 draws the weight uniformly")
+    _check_augment(augment)
+    X, _ = as_tensors(dataset)
+    N, g, rng = len(X), torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    out = torch.empty((copies * N, *X.shape[1:]), dtype=X.dtype)
+    shape = (N,) + (1,) * (X.ndim - 1)
+    for c in range(copies):
+        views = _augmented_copy(augment, X, g) if augment is not None else X
+        partner = torch.randperm(N, generator=g)
+        lam = torch.as_tensor(rng.beta(a, a, size=N), dtype=X.dtype).view(shape)  # (N, 1, 1, 1)
+        out[c * N:(c + 1) * N] = lam * views + (1 - lam) * views[partner]
+    return TensorDataset(out, torch.full((copies * N,), UNLABELLED, dtype=torch.long))
+
+
+class CopySampler(Sampler):
+    """Sampler over `copies` stacked versions of `n` examples (as made by `augmented_copies`
+    or `mixup_copies`): epoch k visits the n examples of copy k mod `copies`, shuffled. An
+    epoch is then one pass over the n examples, as without copies (same steps per epoch,
+    same learning-rate schedule), and with as many copies as epochs every epoch shows a
+    fresh version of every example: consistent teaching with the teacher's outputs cached.
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+
+    def __init__(self, n: int, copies: int, *, seed: int = 0):
+        self.n, self.copies = check_int(n, "n", low=1), check_int(copies, "copies", low=1)
+        _check_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+
+    def __iter__(self):
+        c = self.epoch % self.copies
+        self.epoch += 1
+        yield from (torch.randperm(self.n, generator=self.generator) + c * self.n).tolist()
+
+    def __len__(self) -> int:
+        return self.n

@@ -196,7 +196,7 @@ class DistillRecipe:
     label_seed: int = 0      # which images carry labels (and the seed of the augmented copies)
     alone_augment: str = "light"      # the student alone's augmentation, a key of AUGMENTATIONS (chosen on val)
     alone_mixup: float | None = None  # its mixup concentration, or None (chosen on val)
-    alone_lr: float = 5e-3            # its peak learning rate (chosen on val)
+    alone_lr: float = 1e-2            # its peak learning rate (chosen on val)
 
 
 DISTILL_RECIPE = DistillRecipe()
@@ -321,3 +321,81 @@ def pseudo_label_loss(student_logits, teacher_logits, y):
 
     hard = torch.where(y >= 0, y, teacher_logits.argmax(1))  # (B,)
     return F.cross_entropy(student_logits, hard)
+
+
+TEACHING_MODES = ("fixed", "consistent", "function_matching")
+
+
+@dataclass(frozen=True)
+class TeachRecipe:
+    """How chapter 6 teaches the data-scarce student of `DistillRecipe` (1,000 labels, the
+    3,500-image transfer set, the 9k-parameter student): which views of the transfer set the
+    teacher labels, and for how long. Made by bench/teach.py; choices made on val.
+
+    Modes (Beyer et al. 2022): "fixed" reuses `copies` augmented versions of the transfer set
+    (chapter 5's cache); "consistent" shows a fresh augmented version every epoch;
+    "function_matching" a fresh mixup of augmented images (`kdlib.data.mixup_copies`). In
+    every mode the teacher labels exactly the view the student sees, computed once for all
+    seeds; an epoch is one pass over the 3,500 images (28 steps).
+    """
+
+    mode: str = "function_matching"
+    num_epochs: int = 147     # passes over the transfer set: 4,116 steps, the same compute as chapter 5's students
+    copies: int | None = None  # versions of the transfer set; None: one per epoch (a fresh view every epoch)
+    T: float = 1.0            # temperature of the soft term
+    alpha: float = 1.0        # weight of the soft term (mixed images carry no label)
+    mixup: float = 1.0        # a of Beta(a, a) for function matching
+    lr: float = 5e-3          # AdamW peak learning rate, cosine decay to 0 over the epochs
+    batch_size: int = 128
+    view_seed: int = 0        # the seed of the views (shared by all students)
+
+
+TEACH_RECIPE = TeachRecipe()
+
+
+def _check_teach(recipe) -> int:
+    """Check `recipe`; return its number of copies."""
+    _check_recipe(recipe, TeachRecipe)
+    if recipe.mode not in TEACHING_MODES:
+        raise ValueError(f"recipe.mode must be one of {', '.join(TEACHING_MODES)}, got {recipe.mode!r}")
+    return recipe.copies if recipe.copies is not None else recipe.num_epochs
+
+
+def teaching_views(transfer, recipe: TeachRecipe = TEACH_RECIPE):
+    """The views of `transfer` (N images) that `recipe`'s teacher labels: `copies` stacked
+    versions, augmented ("fixed", "consistent": the originals first) or mixed
+    ("function_matching").
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+    from .data import augmented_copies, mixup_copies
+
+    copies = _check_teach(recipe)
+    if recipe.mode == "function_matching":
+        return mixup_copies(transfer, copies, concentration=recipe.mixup, seed=recipe.view_seed)
+    return augmented_copies(transfer, copies, seed=recipe.view_seed)
+
+
+def teach_scarce(student: nn.Module, teacher: nn.Module, cached, n: int, recipe: TeachRecipe = TEACH_RECIPE, *,
+                 seed: int = 0, val_loader=None, progress: bool = False, callback=None):
+    """Distil `student` from `teacher` with `recipe`, on views whose teacher outputs are
+    cached: `cached` is `cache_teacher_outputs(teacher, make_loader(teaching_views(transfer,
+    recipe), ...))`, shared by all seeds, and `n` the number of transfer images. Epoch k
+    visits copy k mod copies (`kdlib.data.CopySampler`).
+
+    Introduced in: notebooks/06_teaching.ipynb
+    """
+    from torch.utils.data import DataLoader
+
+    from .data import CopySampler
+    from .train import distill
+
+    copies = _check_teach(recipe)
+    if not isinstance(cached, DataLoader) or len(cached.dataset) != copies * n:
+        raise ValueError(f"cached must be the loader of the recipe's {copies} x {n} cached views "
+                         "(cache_teacher_outputs(teacher, make_loader(teaching_views(transfer, recipe), ...)))")
+    loader = DataLoader(cached.dataset, batch_size=recipe.batch_size, sampler=CopySampler(n, copies, seed=seed),
+                        collate_fn=cached.collate_fn)
+    return distill(student, teacher, loader, T=recipe.T, alpha=recipe.alpha, num_epochs=recipe.num_epochs,
+                   lr=recipe.lr, cache_teacher=True, val_loader=val_loader, progress=progress, seed=seed,
+                   callback=callback)

@@ -130,3 +130,67 @@ def test_train_alone_refuses_an_unknown_augmentation():
     ds = _toy_data(16)
     with pytest.raises(ValueError, match="alone_augment"):
         zoo.train_alone(StudentMLP((1, 8, 8), 4), ds, recipe)
+
+
+# --- views made in advance: augmented and mixed copies, one copy per epoch ---------------------
+
+def test_augmented_copies_are_the_originals_then_seeded_augmentations():
+    from kdlib.data import augmented_copies
+
+    ds = _toy_data(12)
+    X, y = ds.tensors
+    got = augmented_copies(ds, 3, seed=5)
+    g = torch.Generator().manual_seed(5)
+    expected = torch.cat([X, random_shift_rotate(X, generator=g), random_shift_rotate(X, generator=g)])
+    assert torch.equal(got.tensors[0], expected) and torch.equal(got.tensors[1], y.repeat(3))
+
+
+def test_mixup_copies_mix_two_views_of_the_same_data_set_with_weights_in_0_1():
+    from kdlib.data import mixup_copies
+
+    ds = _toy_data(12)
+    X, _ = ds.tensors
+    got = mixup_copies(ds, 2, concentration=1.0, augment=None, seed=3)
+    assert got.tensors[0].shape == (24, 1, 8, 8) and bool((got.tensors[1] == -1).all())
+    assert torch.equal(got.tensors[0], mixup_copies(ds, 2, augment=None, seed=3).tensors[0])  # repeatable
+    # without augmentation each mixed image is lam x_i + (1 - lam) x_j: solve for lam with the right partner
+    rng = np.random.default_rng(3)
+    g = torch.Generator().manual_seed(3)
+    for c in range(2):
+        partner = torch.randperm(12, generator=g)
+        lam = torch.as_tensor(rng.beta(1.0, 1.0, size=12), dtype=X.dtype).view(12, 1, 1, 1)
+        torch.testing.assert_close(got.tensors[0][12 * c:12 * (c + 1)], lam * X + (1 - lam) * X[partner])
+        assert bool(((lam > 0) & (lam < 1)).all())
+
+
+def test_copy_sampler_visits_copy_k_in_epoch_k_shuffled():
+    from kdlib.data import CopySampler
+
+    s = CopySampler(5, 3, seed=0)
+    epochs = [list(s) for _ in range(4)]
+    for k, idx in enumerate(epochs):
+        c = k % 3
+        assert sorted(idx) == list(range(5 * c, 5 * c + 5))
+    assert epochs[0] != sorted(epochs[0]) or epochs[1] != sorted(epochs[1])  # shuffled
+    assert len(s) == 5
+
+
+def test_teach_scarce_uses_one_copy_per_epoch_and_the_cached_teacher():
+    from kdlib.inference import cache_teacher_outputs
+
+    ds = _toy_data(64)
+    teacher = _toy_teacher(ds)
+    recipe = dataclasses.replace(zoo.TEACH_RECIPE, mode="consistent", num_epochs=3, batch_size=16)
+    views = zoo.teaching_views(ds, recipe)
+    assert len(views) == 3 * 64
+    cached = cache_teacher_outputs(teacher, make_loader(views, 16, shuffle=True))
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    torch.manual_seed(0)
+    student = StudentMLP((1, 8, 8), 4, hidden=(8,))
+    h = zoo.teach_scarce(student, teacher, cached, 64, recipe, seed=0)
+    assert h.num_epochs == 3 and sum(calls) < 64  # the teacher did not run again (at most a probe)
+    with pytest.raises(ValueError, match="cached views"):
+        zoo.teach_scarce(student, teacher, cached, 32, recipe)
+    with pytest.raises(ValueError, match="recipe.mode"):
+        zoo.teaching_views(ds, dataclasses.replace(recipe, mode="online"))
