@@ -167,6 +167,9 @@ def with_standardise(model: nn.Module, normalisation) -> nn.Module:
     check_model(model)
     if normalisation is None:
         return model
+    if not isinstance(normalisation, (tuple, list)) or len(normalisation) != 2:
+        raise TypeError(f"normalisation must be (mean, std) with one value per channel in each, or None, "
+                        f"got {normalisation!r}")
     return nn.Sequential(Standardise(*normalisation), model)
 
 

@@ -16,7 +16,7 @@ from .data import DatasetSplits, load_dataset, make_loader, random_shift_rotate
 from .models import TeacherCNN
 from .train import train
 from .utils import asset_path, load_or_train
-from .validation import check_model
+from .validation import check_int, check_labels, check_logits, check_model, check_same_shape
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,7 @@ def scarce_steps(recipe: DistillRecipe = DISTILL_RECIPE, n_train: int = 3500) ->
     Introduced in: notebooks/05_distillation.ipynb
     """
     _check_recipe(recipe, DistillRecipe)
+    n_train = check_int(n_train, "n_train", low=1, hint="the number of training images")
     copies = recipe.copies if recipe.augment else 1
     per_pass = -(-copies * n_train // recipe.batch_size)  # ceil
     return {"distilled": recipe.num_epochs * per_pass,
@@ -319,6 +320,10 @@ def pseudo_label_loss(student_logits, teacher_logits, y):
     import torch
     import torch.nn.functional as F
 
+    student_logits = check_logits("student_logits", student_logits)
+    teacher_logits = check_logits("teacher_logits", teacher_logits)
+    check_same_shape(student_logits, teacher_logits, "student_logits and teacher_logits")
+    y = check_labels(y, "y", n=student_logits.shape[0], num_classes=student_logits.shape[1], allow_unlabelled=True)
     hard = torch.where(y >= 0, y, teacher_logits.argmax(1))  # (B,)
     return F.cross_entropy(student_logits, hard)
 

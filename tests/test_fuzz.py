@@ -676,6 +676,58 @@ if pipeline is not None:
     spec("pipeline.run_pipeline", pipeline.run_pipeline,
          lambda: dict(out=Path(tempfile.mkdtemp(dir=TMP)) / "run", progress=False, log=None), config="any?")
 
+# --- functions added with the teaching chapter, your-own-model support and the pipeline split --------
+
+def _tiny_teach():
+    return zoo.TeachRecipe(mode="consistent", num_epochs=1, batch_size=4)
+
+
+spec("utils.read_checkpoint", utils.read_checkpoint, lambda: dict(path=saved_checkpoint()), path="path",
+     sha256="str?")
+spec("utils.unwrap_state_dict", utils.unwrap_state_dict, lambda: dict(obj=toy_model().state_dict()), obj="any",
+     where="str")
+spec("data.CopySampler", data.CopySampler, _with(n=4, copies=2), n="int", copies="int", seed="int")
+spec("data.mixup_copies", data.mixup_copies, lambda: dict(dataset=toy_dataset(), copies=2),
+     dataset="dataset", copies="int", concentration="number", augment="callable", seed="int")
+spec("models.Standardise", models.Standardise, _with(mean=(0.5,), std=(0.25,)), mean="any", std="any")
+spec("models.with_standardise", models.with_standardise,
+     lambda: dict(model=toy_model(), normalisation=((0.5,), (0.25,))), model="model", normalisation="any")
+spec("inference.fidelity", inference.fidelity,
+     lambda: dict(model=toy_model(), loader=toy_loader(), teacher_logits=inference.predict_logits(
+         toy_teacher(), toy_loader())), model="model", loader="loader", teacher_logits="tensor")
+spec("inference.track_fidelity", inference.track_fidelity,
+     lambda: dict(teacher=toy_teacher(), loaders={"val": toy_loader()}), teacher="model", loaders="any",
+     every="int")
+spec("zoo.TeachRecipe", zoo.TeachRecipe, _with(mode="consistent"), mode="str", num_epochs="int", T="number",
+     alpha="number", lr="number", batch_size="int")
+spec("zoo.pseudo_label_loss", zoo.pseudo_label_loss,
+     lambda: dict(student_logits=toy_logits(), teacher_logits=toy_logits(seed=4), y=torch.tensor([0, -1, 2, -1])),
+     student_logits="tensor", teacher_logits="tensor", y="tensor")
+spec("zoo.scarce_steps", zoo.scarce_steps, _with(n_train=3500), recipe="any", n_train="int")
+spec("zoo.teaching_views", zoo.teaching_views, lambda: dict(transfer=toy_dataset(), recipe=_tiny_teach()),
+     transfer="dataset", recipe="any")
+spec("zoo.teach_scarce", zoo.teach_scarce,
+     lambda: (lambda views: dict(student=toy_model(), teacher=toy_teacher(),
+                                 cached=inference.cache_teacher_outputs(
+                                     toy_teacher(), DataLoader(views, batch_size=4)),
+                                 n=12, recipe=_tiny_teach()))(zoo.teaching_views(toy_dataset(), _tiny_teach())),
+     student="model", teacher="model", n="int", recipe="any", seed="int")
+if prune is not None:
+    spec("prune.keep_count", prune.keep_count, _with(channels=12, amount=0.25, multiple_of=4),
+         channels="int", amount="number", multiple_of="int")
+if export is not None:
+    spec("export.as_batch", export.as_batch, lambda: dict(X=toy_x(2)), X="tensor", name="str")
+    spec("export.example_batch", export.example_batch, lambda: dict(example_input=toy_x(1)), example_input="tensor")
+if pipeline is not None and hasattr(pipeline, "cosine_lr"):
+    spec("pipeline.cosine_lr", pipeline.cosine_lr, _with(lr=0.01, epoch=1, num_epochs=4), lr="number",
+         epoch="int", num_epochs="int")
+if pipeline is not None and hasattr(pipeline, "prune_student"):
+    spec("pipeline.prune_student", pipeline.prune_student,
+         lambda: dict(student=models.StudentCNN((1, 8, 8), K, width=4, depth=1), amount=0.5, example=toy_x(1)),
+         student="model", amount="number", example="tensor", multiple_of="int")
+    SLOW.add("pipeline.prune_student")
+
+
 EXEMPT = {
     "utils": {},
     "data": {},
