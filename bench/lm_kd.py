@@ -1,8 +1,8 @@
 """Distilling a character-level language model: the student alone against each distillation
 method, at equal compute, over several seeds (chapter 12).
 
-    cpu-slot python bench/lm_kd.py --train-teacher     # train and save the book's LM teacher (once)
-    cpu-slot python bench/lm_kd.py                     # 3 seeds, kdlib.lm_train.LM_DISTILL_RECIPE
+    cpu-slot python bench/lm_kd.py --train-teacher     # train and save the book's LM teacher (once, ~12 min)
+    cpu-slot python bench/lm_kd.py                     # 3 seeds, kdlib.lm_train.LM_DISTILL_RECIPE (~45 min)
     cpu-slot python bench/lm_kd.py --seeds 2 --steps 20 --windows 300 --no-sweep --json /tmp/lm_kd.json   # smoke
 
 The methods (kdlib.lm_train.METHODS), each training the same 117 k-parameter student from the same
