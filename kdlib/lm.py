@@ -37,8 +37,6 @@ def load_corpus(path: str | os.PathLike | None = None, *, sha256: str | None = C
         sha256: the expected hex digest of the file's bytes; None skips the check.
     Returns:
         the text, 1,115,394 characters for Tiny Shakespeare.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     if path is None:
         path = asset_path("data", CORPUS_NAME)
@@ -61,8 +59,6 @@ def load_corpus(path: str | os.PathLike | None = None, *, sha256: str | None = C
 class CharTokenizer:
     """Characters <-> integer ids. The vocabulary is the sorted set of a text's characters, so id i
     is the i-th character in code-point order (65 of them in Tiny Shakespeare).
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
 
     def __init__(self, text: str):
@@ -163,8 +159,6 @@ def windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor
 def random_windows(ids: torch.Tensor, batch_size: int, context: int, *,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of windows at random offsets: (X, Y), each (B, T), Y shifted one character on.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     _check_ids(ids)
     check_int(batch_size, "batch_size", low=1)
@@ -247,8 +241,6 @@ class CharTransformer(nn.Module):
     """A decoder-only transformer over characters (GPT-style): token and position embeddings,
     `depth` pre-norm blocks of causal self-attention and MLP, a final LayerNorm and a linear
     head giving the next character's logits at every position.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
 
     def __init__(self, cfg: LMConfig = LMConfig()):
@@ -311,8 +303,6 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
 
     Returns:
         (B,) int64 ids.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     check_tensor(logits, "logits", ndim=2, floating=True, shape_hint="(B, V)")
     temperature = check_positive(temperature, "temperature", hint="use top_k=1 for greedy decoding")

@@ -163,8 +163,6 @@ def reverse_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         T: temperature > 0.
     Returns:
         a scalar tensor.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     _check_pair(student_logits, teacher_logits)
     T = check_temperature(T)
@@ -190,8 +188,6 @@ def sequence_kd_loss(student_logits: torch.Tensor, teacher_tokens: torch.Tensor)
         teacher_tokens: (B, T), y^_2..y^_{T+1}: the teacher's next tokens.
     Returns:
         a scalar tensor.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     _check_seq_logits("student_logits", student_logits)
     check_tensor(teacher_tokens, "teacher_tokens", ndim=2, floating=False, shape_hint="(B, T) token ids")

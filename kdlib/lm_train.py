@@ -101,8 +101,6 @@ def evaluate_lm(model: nn.Module, ids: torch.Tensor, *, teacher: nn.Module | Non
 def shuffled_batches(tensors: tuple[torch.Tensor, ...], batch_size: int, *, seed: int = 0) -> Iterator[tuple]:
     """Endless shuffled passes over rows of `tensors` (all with the same first axis n), in
     batches of `batch_size` rows (the last incomplete batch of each pass is dropped).
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     n = len(tensors[0])
     if any(len(t) != n for t in tensors):
@@ -125,8 +123,6 @@ def random_batches(ids: torch.Tensor, batch_size: int, context: int, *, seed: in
 
 def lm_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
     """The plain language-model loss: cross-entropy of the next character, batch = (X, Y) (B, T).
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     X, Y = batch[0], batch[1]
     logits = model(X)  # (B, T, V)
@@ -177,8 +173,6 @@ def train_lm(model: nn.Module, batches: Iterable[tuple], *, steps: int, lr: floa
         seed: seeds torch before the first step (dropout, sampling inside `loss_fn`).
     Returns:
         an `LMHistory`.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     check_model(model)
     check_int(steps, "steps", low=1)
@@ -257,8 +251,6 @@ def lm_teacher_path() -> Path:
 def train_lm_teacher(model: nn.Module, splits: CorpusSplits, recipe: LMTeacherRecipe = LM_TEACHER_RECIPE, *,
                      progress: bool = True) -> LMHistory:
     """Train `model` on random windows of `splits.train` with `recipe`.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     if not isinstance(recipe, LMTeacherRecipe):
         raise TypeError(f"recipe must be an LMTeacherRecipe, got {type(recipe).__name__}")
@@ -345,8 +337,6 @@ def teacher_text(teacher: nn.Module, X: torch.Tensor, recipe: LMDistillRecipe = 
 
     Returns:
         (X_gen, Y_gen), each (n, T): the teacher's windows and their next characters.
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     from .lm import generate
 
@@ -365,8 +355,6 @@ def method_data(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tenso
     for "kd_full", (X, Y, top-k values, top-k ids) for "kd_topk", the teacher's text for "seq_kd".
     Teacher outputs are computed once and kept in `cache` (a dict, shared between seeds), with the
     seconds they took under "<name>_s".
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     _check_method(method)
     cache = {} if cache is None else cache
@@ -392,8 +380,6 @@ def method_data(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tenso
 
 def method_loss(method: str, teacher: nn.Module, recipe: LMDistillRecipe = LM_DISTILL_RECIPE) -> Callable:
     """`loss_fn(student, batch)` of a method, for `train_lm` (batches from `method_data`).
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     from .lm import generate
     from .lm_losses import reverse_kl_loss, sequence_kd_loss, token_kd_loss, topk_kd_loss
@@ -435,8 +421,6 @@ def distill_lm(method: str, teacher: nn.Module, X: torch.Tensor, Y: torch.Tensor
 
     Returns:
         (student in eval mode, its `LMHistory`).
-
-    Introduced in: notebooks/12_language_model.ipynb
     """
     _check_method(method)
     check_model(teacher, "teacher")

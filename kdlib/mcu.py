@@ -53,8 +53,6 @@ class QLayer:
     in_scale, in_zp / out_scale, out_zp: the activations' scales (float32) and zero points.
     pad: zero padding of a convolution (in real zeros, i.e. the value in_zp); pool: 0 or 2.
     relu: clamp the output at out_zp (the real 0) as well as at -128.
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
 
     kind: str
@@ -102,8 +100,6 @@ class QModel:
     """An int8 network: quantize the input with (input_scale, input_zp), run `layers` in
     order (a flatten, in C, H, W order, sits before the first "linear"), dequantize the
     output with the last layer's (out_scale, out_zp).
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
 
     input_shape: tuple[int, int, int]
@@ -262,8 +258,6 @@ def multiply_by_quantized_multiplier(acc, m0, exponent) -> np.ndarray:
         m0, exponent: from `quantize_multiplier` (scalars or per channel).
     Returns:
         int64 array of acc's shape.
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
     exponent = np.asarray(exponent, np.int64)
     left, right = np.maximum(exponent, 0), np.maximum(-exponent, 0)
@@ -347,8 +341,6 @@ def linear_accumulate(xq: np.ndarray, layer: QLayer) -> np.ndarray:
 
 def run_layer(xq: np.ndarray, layer: QLayer, requant: str = "fixed") -> np.ndarray:
     """One int8 layer: accumulate, requantize (with the ReLU clamp), then max-pool if asked.
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
     if layer.kind == "linear":
         return requantize(linear_accumulate(xq.reshape(len(xq), -1), layer), layer, requant)

@@ -55,8 +55,6 @@ class ToolchainMissing(RuntimeError):
 # --------------------------------------------------------------------------- tools
 def have_tools(*names: str) -> bool:
     """True when every program in `names` is on the PATH (default: gcc, the ARM toolchain, QEMU).
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
     return all(shutil.which(n) for n in (names or ("gcc", ARM_GCC, ARM_SIZE, QEMU)))
 
@@ -172,8 +170,6 @@ def _folder(folder) -> Path:
 
 def write_sources(model: QModel, folder, *, requant: str = "fixed") -> Path:
     """Write `model.c` into `folder` (an existing folder); returns its path.
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
     folder = _folder(folder)
     return atomic_write_text(folder / "model.c", c_source(model, requant=requant))
@@ -353,8 +349,6 @@ def build_config() -> dict:
 # --------------------------------------------------------------------------- sizes
 def elf_sizes(elf) -> dict:
     """text, data, bss (bytes) of an ELF, parsed from `arm-none-eabi-size` (Berkeley format).
-
-    Introduced in: notebooks/11_microcontroller.ipynb
     """
     require_tools(ARM_SIZE)
     elf = check_path(elf, "elf")

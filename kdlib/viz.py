@@ -51,8 +51,6 @@ def use_book_style() -> None:
     """Apply the book's figure settings (`BOOK_STYLE`) to matplotlib; in a Jupyter kernel, also
     make each figure's PNG record its smallest text and overlapping labels
     (`kdlib.widgets.record_figure_text`), which the website's tests check.
-
-    Introduced in: notebooks/01_edge_budgets.ipynb
     """
     from .widgets import record_figure_text
 

@@ -46,8 +46,6 @@ Draw = Callable[[Figure, float], object]  # draw(fig, value): draws one frame on
 
 def figure_to_png(fig: Figure, *, dpi: int | None = None, close: bool = True) -> bytes:
     """The PNG bytes of `fig` (closed afterwards unless `close=False`).
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
@@ -60,8 +58,6 @@ def figure_to_png(fig: Figure, *, dpi: int | None = None, close: bool = True) ->
 
 def render(draw: Draw, value, *, figsize=(5.5, 2.6), dpi: int = 80) -> bytes:
     """Draw one frame `draw(fig, value)` on a new figure and return its PNG bytes.
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     if not callable(draw):
         raise TypeError(f"draw must be a function draw(fig, value), got {type(draw).__name__}")
@@ -168,8 +164,6 @@ def figure_text_report(fig: Figure) -> dict:
         "the legend covers bar 3 of 'int8'", ...] (at most 12)}. A text of s points is
         s * dpi / 72 pixels high in the PNG; shown at a fraction f of the PNG's width it is
         f times that on the page.
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
@@ -188,8 +182,6 @@ def figure_text_report(fig: Figure) -> dict:
 
 def merge_text_reports(reports: Sequence[dict]) -> dict:
     """One report for several frames of one figure: the smallest text of all, every overlap once.
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     sized = [r for r in reports if r["min_font_pt"] is not None]
     smallest = min(sized, key=lambda r: r["min_font_pt"], default=None)
@@ -203,8 +195,6 @@ def png_metadata(fig: Figure) -> dict[str, str]:
     """`{"kdlib-figure": figure_text_report(fig) as JSON}`, for `fig.savefig(path, metadata=...)`
     when a chapter shows a PNG file (IPython.display.Image) instead of the figure itself. A
     failed measurement is recorded as {"error": ...} (the figure is saved all the same).
-
-    Introduced in: notebooks/13_capstone.ipynb
     """
     try:
         report = figure_text_report(fig)
@@ -228,8 +218,6 @@ def record_figure_text() -> bool:
 
     Returns:
         True when installed, False outside IPython (nothing to do).
-
-    Introduced in: notebooks/01_edge_budgets.ipynb
     """
     try:
         from IPython import get_ipython
@@ -288,8 +276,6 @@ def live_plot(draw: Draw, slider, *, describe: Callable[[float], str] | None = N
         also reachable as `.slider`, `.caption` and `.image`, and `.update(value)`
         to redraw by hand. The image holds PNG bytes, so the widget works in
         Jupyter and VS Code without any matplotlib backend set up.
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     import ipywidgets as widgets
 
@@ -332,8 +318,6 @@ def static_slider(draw: Draw, values: Sequence[float], *, figsize=(5.2, 2.6), dp
             None says only how many frames there are.
     Returns:
         the HTML (a string); show it with `IPython.display.HTML(...)`.
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     from matplotlib.animation import FuncAnimation
 
@@ -374,8 +358,6 @@ def offline_controls(jshtml: str, *, alt: str | None = None, report: dict | None
     frame and slider that shrink to a narrow column, and, when given, the frame's alt text and
     its `figure_text_report` (a `kd-player` box with a `data-kdlib-figure` attribute, which
     tests/test_site.py reads).
-
-    Introduced in: notebooks/02_soft_labels.ipynb
     """
     if not isinstance(jshtml, str):
         raise TypeError(f"jshtml must be the string of FuncAnimation.to_jshtml(), got {type(jshtml).__name__}")
@@ -557,8 +539,6 @@ def weight_tiles(weight) -> np.ndarray:
     """A layer's weights as one 2-D image. A conv's (C_out, C_in, kH, kW) kernels become a grid
     of kH x kW tiles, one column of tiles per output channel and one row per input channel, with
     NaN gaps between tiles; a Linear's (out, in) matrix is returned as it is.
-
-    Introduced in: notebooks/08_pruning.ipynb
     """
     w = torch.as_tensor(weight).detach().float().cpu()
     if w.ndim == 2:
