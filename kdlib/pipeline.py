@@ -159,6 +159,9 @@ class _Run:
 def cosine_lr(lr: float, epoch: int, num_epochs: int) -> float:
     """The learning rate of epoch `epoch` (0-based) under a cosine decay to 0 over `num_epochs`,
     stepped once per epoch as `kdlib.train.distill` does: lr * (1 + cos(pi * epoch / num_epochs)) / 2."""
+    lr = check_positive(lr, "lr")
+    num_epochs = check_int(num_epochs, "num_epochs", low=1)
+    epoch = check_int(epoch, "epoch", low=0, high=num_epochs, hint="0-based, at most num_epochs")
     return lr * (1 + math.cos(math.pi * epoch / num_epochs)) / 2
 
 
