@@ -214,6 +214,11 @@ def measure_stages(stages: list[Stage], ds: DatasetSplits, *, threads: int = 1, 
 
 # ---------------------------------------------------------------- the choice
 
+def _times(ratio: float) -> str:
+    """1.8×, or 1.01× for a ratio that one decimal would show as 1.0×."""
+    return f"{ratio:.2f}×" if ratio < 1.1 else f"{ratio:.1f}×"
+
+
 def _points(x: float) -> str:
     return f"{x:g} point" + ("" if x == 1 else "s")
 
@@ -247,7 +252,7 @@ def choose_edge(rows: list[dict], *, rule: str = "smallest", max_drop_points: fl
     if other is not best:
         if rule == "smallest":
             why += (f"; {other['stage']} is faster here ({other['median_us']:.1f} µs against "
-                    f"{best['median_us']:.1f} µs) but {other['bytes'] / best['bytes']:.1f}× larger")
+                    f"{best['median_us']:.1f} µs) but {_times(other['bytes'] / best['bytes'])} larger")
         else:
             why += (f"; {other['stage']} is smaller ({other['bytes']:,} bytes against {best['bytes']:,}) but "
                     f"slower here ({other['median_us']:.1f} µs against {best['median_us']:.1f} µs)")
@@ -347,7 +352,7 @@ def summarise(rows: list[dict], timing: dict, *, rule: str = "smallest", max_dro
 # ---------------------------------------------------------------- the report
 
 def _signed(x: float) -> str:
-    return f"+{x:.1f}" if x >= 0 else f"−{-x:.1f}"
+    return f"+{abs(x):.1f}" if x >= 0 else f"−{-x:.1f}"  # abs: no "+-0.0"
 
 
 def _machine_line(machine) -> str:

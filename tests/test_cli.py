@@ -134,11 +134,11 @@ def test_the_console_script_imports_from_the_current_folder(project):
 def test_ctrl_c_exits_130_says_how_to_resume_and_resume_continues(project):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "kdlib", "compress", "--data", "imgs", "--teacher-arch", "./t.py:make",
-            "--teacher-checkpoint", "t.pt", "--student-arch", "./s.py:make", "--out", "cut", "--distill-epochs", "40",
+            "--teacher-checkpoint", "t.pt", "--student-arch", "./s.py:make", "--out", "cut", "--distill-epochs", "150",
             "--no-executorch", "--no-baseline"]
     proc = subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if line.startswith("[distill] epoch 2/40"):
+        if line.startswith("[distill] epoch 2/150"):  # 150 epochs: not finished before the signal lands
             proc.send_signal(signal.SIGINT)
             break
     _, err = proc.communicate(timeout=120)
@@ -148,7 +148,7 @@ def test_ctrl_c_exits_130_says_how_to_resume_and_resume_continues(project):
     r = subprocess.run([*args, "--resume", "--prune", "0"], cwd=project, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "[distill] resuming after epoch" in r.stdout and "[distill] epoch 1/40" not in r.stdout
+    assert "[distill] resuming after epoch" in r.stdout and "[distill] epoch 1/150" not in r.stdout
 
 
 def test_one_line_errors_and_nothing_written(project, tmp_path):
@@ -176,6 +176,17 @@ def test_one_line_errors_and_nothing_written(project, tmp_path):
     r = _cli("compress", "--help", cwd=project)
     assert r.returncode == 0 and all(o in r.stdout for o in ("--data", "--student-arch", "--trust-pickle",
                                                              "--choose", "--resume"))
+
+
+def test_one_file_of_models_is_one_module_and_its_models_pickle(tmp_path):
+    from kdlib.pipeline_inputs import load_factory
+
+    (tmp_path / "m.py").write_text(MODELS)
+    make = load_factory(f"{tmp_path}/m.py:make")
+    assert load_factory(f"{tmp_path}/m.py:make", "student") is make  # the file runs once: one set of classes
+    model = make((3, 8, 8), 2)
+    torch.save(model, tmp_path / "whole.pt")  # a whole model of the user's classes can be saved
+    assert isinstance(utils.read_checkpoint(tmp_path / "whole.pt", trust_pickle=True), type(model))
 
 
 def test_missing_executorch_is_one_line_naming_the_extra(project, tmp_path, monkeypatch, capsys):
