@@ -183,8 +183,6 @@ def load_image_folder(path, *, image_size=None, seed: int = 0) -> DatasetSplits:
     Returns:
         a `DatasetSplits`, pixels standardised with the training split's mean and std
         (kept in `.normalisation`).
-
-    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     folder = check_path(path, "path")
     if not folder.is_dir():
@@ -258,8 +256,6 @@ def load_npz(path, *, seed: int = 0) -> DatasetSplits:
     carved out of train). Images are (N, H, W), (N, H, W, C) or (N, C, H, W); integer pixels are
     divided by 255. Labels are any integers: their sorted distinct values become classes 0..K-1
     (an optional `classes` array names them).
-
-    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     path = check_path(path, "path")
     if not path.is_file():

@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, teacher: nn.Module | None 
     Returns:
         {"accuracy": float, "loss": float} plus "agreement" with a teacher.
 
-    Introduced in: notebooks/07_beyond_logits.ipynb
+    Introduced in: notebooks/06_teaching.ipynb
     """
     check_model(model)
     check_loader(loader, "loader")

@@ -95,8 +95,6 @@ def _channels(model: nn.Module) -> list[int]:
 def measure_row(stage: Stage, ds: DatasetSplits) -> dict:
     """Accuracy on the test split, size, parameters, MACs and conv channels of one `Stage`
     (latency comes from `time_until_stable`, all stages side by side).
-
-    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     X, y = as_tensors(ds.test)
     example = X[:1]
@@ -159,8 +157,6 @@ def time_until_stable(runners: dict, pairs=(), *, min_rounds: int = 5, max_round
     Returns:
         {"rounds": n, "stable": bool, "stages": name -> {"median_us" (median of the round
         medians), "round_us" (one per round)}}.
-
-    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     if not isinstance(runners, dict) or not runners or not all(callable(f) for f in runners.values()):
         raise TypeError("runners must be a non-empty dict of name -> function of no arguments")
@@ -229,8 +225,6 @@ def choose_edge(rows: list[dict], *, rule: str = "smallest", max_drop_points: fl
     rule="smallest": the smallest file within `max_drop_points` of the teacher's test accuracy
     (the teacher's PyTorch row); rule="fastest": the fastest such file. When no file is within
     the budget, the most accurate one, and the sentence says so.
-
-    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     check_choice(rule, "rule", RULES)
     check_number(max_drop_points, "max_drop_points", low=0.0, hint="points of test accuracy, e.g. 1.0")
@@ -300,8 +294,6 @@ def _find(rows, **want) -> dict | None:
 
 def ratio_over_rounds(timing: dict, slow: str, fast: str) -> dict:
     """The latency ratio slow / fast in each round of `time_until_stable`: its median, range and 95 % interval.
-
-    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     a, b = timing["stages"][slow]["round_us"], timing["stages"][fast]["round_us"]
     per_round = [x / y for x, y in zip(a, b)]
@@ -421,7 +413,7 @@ def report_markdown(summary: dict, *, level: int = 1) -> str:
     """The report as Markdown; its title is a heading of `level` (1 in report.md; 2 or more to
     embed it in a page that has its own title).
 
-    Introduced in: notebooks/13_capstone.ipynb
+    Introduced in: notebooks/15_compress_your_own.ipynb
     """
     check_int(level, "level", low=1, high=5)
     h, s = "#" * level, summary
@@ -447,8 +439,6 @@ def report_markdown(summary: dict, *, level: int = 1) -> str:
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points not dominated by another: no other point is both
     at most as large (x, e.g. bytes) and at least as accurate (y), and better in one.
-
-    Introduced in: notebooks/13_capstone.ipynb
     """
     if (not isinstance(points, (list, tuple)) or not all(
             isinstance(p, (list, tuple)) and len(p) == 2

@@ -338,7 +338,7 @@ def asset_path(*parts: str) -> Path:
 def read_result(name: str) -> dict:
     """The saved result of a bench script, `kdlib/assets/results/<name>.json`, as a dict.
 
-    Introduced in: notebooks/11_microcontroller.ipynb
+    Introduced in: notebooks/04_teacher.ipynb
     """
     path = asset_path("results", f"{name}.json")
     if not path.is_file():

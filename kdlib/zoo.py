@@ -124,7 +124,7 @@ STUDENT_RECIPE = StudentRecipe()
 def student_path(dataset: str = "mnist5k") -> Path:
     """The checkpoint path of the book's distilled student for `dataset`.
 
-    Introduced in: notebooks/10_edge_export.ipynb
+    Introduced in: notebooks/08_pruning.ipynb
     """
     return checkpoint_dir() / f"student_{dataset}.pt"
 
@@ -230,8 +230,6 @@ degrees, as the teacher and the distilled student's copies); strong (3 px, 20 de
 def scarce_steps(recipe: DistillRecipe = DISTILL_RECIPE, n_train: int = 3500) -> dict:
     """Gradient steps of the two students of `recipe` when the training set has `n_train`
     images: {"distilled": ..., "alone": ...} (each pass ends with a smaller last batch).
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     _check_recipe(recipe, DistillRecipe)
     n_train = check_int(n_train, "n_train", low=1, hint="the number of training images")
@@ -314,8 +312,6 @@ def pseudo_label_loss(student_logits, teacher_logits, y):
         student_logits, teacher_logits: (B, K); y: (B,) with -1 for unlabelled examples.
     Returns:
         a scalar.
-
-    Introduced in: notebooks/05_distillation.ipynb
     """
     import torch
     import torch.nn.functional as F
