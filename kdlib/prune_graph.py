@@ -234,6 +234,9 @@ def graph_channel_prune(model: nn.Module, amount: float, example_input: torch.Te
         return PruneResult(current, problem="the torch-pruning package is not installed (pip install torch-pruning)")
     names = _names(current)
     layers = [names[m] for m in _execution_order(current, example_input)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer that runs on the example input: "
+                         "nothing to prune")
     output = layers[-1]  # the last Conv2d or Linear makes the logits: its outputs are the classes
     result = PruneResult(current, left_whole={output: "it produces the model's outputs"})
     g = torch.Generator().manual_seed(0)

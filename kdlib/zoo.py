@@ -392,6 +392,7 @@ def teach_scarce(student: nn.Module, teacher: nn.Module, cached, n: int, recipe:
     from .train import distill
 
     copies = _check_teach(recipe)
+    n = check_int(n, "n", low=1, hint="the number of transfer images")
     if not isinstance(cached, DataLoader) or len(cached.dataset) != copies * n:
         raise ValueError(f"cached must be the loader of the recipe's {copies} x {n} cached views "
                          "(cache_teacher_outputs(teacher, make_loader(teaching_views(transfer, recipe), ...)))")
