@@ -413,7 +413,7 @@ def report_markdown(summary: dict, *, level: int = 1) -> str:
     """The report as Markdown; its title is a heading of `level` (1 in report.md; 2 or more to
     embed it in a page that has its own title).
 
-    Introduced in: notebooks/15_compress_your_own.ipynb
+    Introduced in: notebooks/13_capstone.ipynb
     """
     check_int(level, "level", low=1, high=5)
     h, s = "#" * level, summary
