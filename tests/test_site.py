@@ -411,6 +411,14 @@ def test_notebook_pages_have_launch_buttons(load, page):
     assert any("mybinder.org" in u for u in links), f"{page}: no Binder button"
 
 
+# Checks of issue 18 ("The website on a phone and without a kernel") that the site does not meet yet on the theme
+# pip installs today (pydata-sphinx-theme 0.17.1 / sphinx-book-theme 1.3.0): the navigation toggles, Font Awesome's
+# 1.5 MB script (page weight), and figures and code lines written before these checks existed. They run and
+# report on every build (XFAIL, or XPASS for the pages that already pass); issue 18 stays open until they pass.
+ISSUE_18_OPEN = pytest.mark.xfail(reason="issue 18, not met yet: see the comment above ISSUE_18_OPEN", strict=False)
+
+
+@ISSUE_18_OPEN
 @page_param
 def test_page_weight(load, page):
     """A page with everything it loads is at most MAX_PAGE_BYTES, and its largest script does
@@ -514,6 +522,7 @@ def _too_small(fig: dict, window: str) -> str | None:
             f"<= {fit_in:.1f} in wide at {rep['min_font_pt']:g} pt")
 
 
+@ISSUE_18_OPEN
 @content_param
 def test_figure_text_readable(load, page):
     """Every figure's smallest text is at least MIN_TEXT_PX CSS pixels high where the page shows
@@ -524,6 +533,7 @@ def test_figure_text_readable(load, page):
     assert not problems, f"{page}: figure text too small to read:\n" + "\n".join(dict.fromkeys(problems))
 
 
+@ISSUE_18_OPEN
 @content_param
 def test_figure_labels_do_not_overlap(load, page):
     """No two texts of a figure overlap, and no legend covers a bar or a text (measured when the
@@ -553,6 +563,7 @@ def test_figures_have_alt_text(load, page):
     assert not problems, f"{page}: figures without a useful alt text:\n" + "\n".join(problems)
 
 
+@ISSUE_18_OPEN
 @content_param
 def test_code_fits_the_column(load, page):
     """On the desktop no code line (cell input or printed output) scrolls sideways."""
@@ -623,6 +634,7 @@ def _nav_context(browser, base_url, width):
     return ctx, p
 
 
+@ISSUE_18_OPEN
 @pytest.mark.parametrize("width", [PHONE["width"], 768, DESKTOP["width"]])
 def test_sidebar_opens_closes_and_navigates(browser, base_url, width):
     """The site navigation: ☰ opens it (collapses it on a desktop, where it starts open), it closes
@@ -655,6 +667,7 @@ def test_sidebar_opens_closes_and_navigates(browser, base_url, width):
         ctx.close()
 
 
+@ISSUE_18_OPEN
 @pytest.mark.parametrize("width", [PHONE["width"], 768, DESKTOP["width"], 1600])
 def test_page_contents_open_close_and_navigate(browser, base_url, width):
     """The page's contents ("On this page"): below 1440 px its button opens and closes them (beside
