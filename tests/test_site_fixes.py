@@ -103,6 +103,16 @@ def test_fontawesome_script_removed_only_where_its_css_draws_the_icons():
     assert sf.strip_fontawesome_js(no_css) == no_css
 
 
+def test_fontawesome_script_of_newer_themes_removed_when_the_theme_css_draws_the_icons():
+    js = '<script defer src="../_static/scripts/fontawesome.js?digest=55c2"></script>\n'
+    head = ('<link href="../_static/styles/pydata-sphinx-theme.css?digest=55c2" rel="stylesheet" />\n' + js
+            + '<script src="../_static/doctools.js"></script>\n')
+    assert sf.strip_fontawesome_js(head, theme_css_draws_icons=True) == head.replace(js, "")
+    assert sf.strip_fontawesome_js(head) == head                 # not known to draw them: kept
+    no_css = head.split("\n", 1)[1]
+    assert sf.strip_fontawesome_js(no_css, theme_css_draws_icons=True) == no_css
+
+
 def test_search_scripts_deferred():
     page = '<script src="_static/searchtools.js"></script><script src="searchindex.js"></script><script src="x.js"></script>'
     assert sf.defer_search_js(page) == ('<script defer="defer" src="_static/searchtools.js"></script>'

@@ -37,8 +37,12 @@ from sphinx.transforms.post_transforms import SphinxPostTransform
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 MATH_IN_HTML = re.compile(r'class="[^"]*\bmath\b')
-FONTAWESOME_JS = re.compile(r'[ \t]*<script[^>]*src="[^"]*fontawesome/[^"]*/js/all\.min\.js[^"]*"[^>]*></script>\n?')
+# the theme's Font Awesome script: vendor/fontawesome/<v>/js/all.min.js (pydata-sphinx-theme 0.15) or
+# scripts/fontawesome.js (0.16 and later, which bundle Font Awesome's CSS into styles/pydata-sphinx-theme.css)
+FONTAWESOME_JS = re.compile(r'[ \t]*<script[^>]*src="[^"]*(?:fontawesome/[^"]*/js/all\.min\.js|'
+                            r'_static/scripts/fontawesome\.js)[^"]*"[^>]*></script>\n?')
 FONTAWESOME_CSS = re.compile(r'<link[^>]*href="[^"]*fontawesome/[^"]*/css/all\.min\.css')
+THEME_CSS = re.compile(r'<link[^>]*href="[^"]*_static/styles/pydata-sphinx-theme\.css')
 FONTAWESOME_PRELOAD = re.compile(r'[ \t]*<link rel="preload" as="font"[^>]*href="[^"]*fontawesome/[^"]*"[^>]*/>\n?')
 MANIFEST = "site_figures.json"
 
@@ -134,12 +138,12 @@ def defer_search_js(html: str) -> str:
     return SEARCH_JS.sub(r'<script defer="defer" src="\1"></script>', html)
 
 
-def strip_fontawesome_js(html: str) -> str:
+def strip_fontawesome_js(html: str, theme_css_draws_icons: bool = False) -> str:
     """A page without the theme's Font Awesome script, when the page links Font Awesome's CSS
     (whose web fonts draw the same icons), and without the preloading of its three web fonts
     (300 KB fetched before the page first shows, one of them never used): the browser fetches
     the fonts the icons on the page use. Otherwise the page as it was."""
-    if not FONTAWESOME_CSS.search(html):
+    if not (FONTAWESOME_CSS.search(html) or (theme_css_draws_icons and THEME_CSS.search(html))):
         return html
     return FONTAWESOME_PRELOAD.sub("", FONTAWESOME_JS.sub("", html))
 
@@ -194,9 +198,12 @@ def on_doctree_resolved(app, doctree, docname) -> None:
 def on_build_finished(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
+    theme_css = Path(app.outdir) / "_static" / "styles" / "pydata-sphinx-theme.css"
+    # newer themes bundle Font Awesome's CSS (its @font-face rules and icon classes) into their own
+    draws = theme_css.exists() and "fa-solid-900" in (css := theme_css.read_text(encoding="utf-8")) and ".fa-bars" in css
     for page in Path(app.outdir).rglob("*.html"):
         text = page.read_text(encoding="utf-8")
-        fixed = defer_search_js(strip_fontawesome_js(text))
+        fixed = defer_search_js(strip_fontawesome_js(text, draws))
         if fixed != text:
             page.write_text(fixed, encoding="utf-8")
     figures = {d: f for d, f in app.env.kd_figures.items() if d in app.env.found_docs}
