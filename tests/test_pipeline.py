@@ -63,6 +63,7 @@ def test_end_to_end_same_runtime_ratios_then_resume_then_force(tmp_path, teacher
     machine = summary["machine"]  # a latency figure names the machine it was measured on
     assert machine["cores"] >= 1 and machine["torch"] == torch.__version__ and f"{machine['cores']} cores" in md
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_readable_on_a_phone(out / "pareto.png")
     pre = json.loads((out / "preprocess.json").read_text())
     assert pre["mean"] == [0.3] and pre["std"] == [0.37] and "[0, 1]" in pre["input"]
 
@@ -242,6 +243,18 @@ def test_a_teacher_of_other_classes_or_no_better_than_chance_stops_the_run(tmp_p
     with pytest.raises(ValueError, match="no better than chance"):
         run_pipeline(tmp_path / "o", cfg, log=None)
     assert not (tmp_path / "o").exists()
+
+
+def _assert_readable_on_a_phone(png_path, column_px=358, min_px=9):
+    """The PNG's own record (kdlib.widgets.png_metadata): its smallest text is >= min_px CSS px when
+    the website shrinks it to a phone's column, and no labels overlap."""
+    from PIL import Image
+
+    with Image.open(png_path) as im:
+        rep, width_px = json.loads(im.text["kdlib-figure"]), im.size[0]
+    scale = min(1.0, column_px / width_px)
+    assert rep["min_font_pt"] * rep["dpi"] / 72 * scale >= min_px, rep
+    assert rep["overlaps"] == [], rep["overlaps"]
 
 
 def test_pareto_front_hand_computed():
