@@ -449,11 +449,20 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)]
 
 
+def _short_number(v: float) -> str:
+    """A tick label: 300, 30k, 1.5M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:g}"
+
+
 def pareto_figure(rows: list[dict]):
     """Accuracy against size (top) and against latency (bottom) for every stage, Pareto front
     marked. 5.2 inches wide with 10-point text: readable in a phone's column (kdlib.viz.BOOK_STYLE).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     keys = ("stage", "bytes", "median_us", "accuracy")
     if not isinstance(rows, (list, tuple)) or not rows or not all(
@@ -471,10 +480,16 @@ def pareto_figure(rows: list[dict]):
             ax.scatter(x, y, s=50, marker=markers[i % len(markers)], color=f"C{i % 10}", alpha=0.85,
                        edgecolors="white", linewidths=0.5, zorder=2, label=r["stage"])
         ax.set_xscale("log")
+        # ticks at 1 and 3 times each power of ten, only they labelled (matplotlib labels some minor
+        # ticks on an axis under two decades long, and they overlap at this width)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short_number(v)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label, fontsize=10)
         ax.set_ylabel("test accuracy (%)", fontsize=10)
         ax.tick_params(labelsize=10)
         ax.grid(alpha=0.3)
+        ax.margins(y=0.12)  # markers at the best accuracy stay whole
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=10, frameon=False)
     rows_of_legend = (len(labels) + 1) // 2

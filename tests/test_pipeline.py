@@ -257,6 +257,12 @@ def _assert_readable_on_a_phone(png_path, column_px=358, min_px=9):
     assert rep["overlaps"] == [], rep["overlaps"]
 
 
+def test_pareto_tick_labels_are_short():
+    from kdlib.report import _short_number
+    assert [_short_number(v) for v in (3, 30, 300, 3000, 1e5, 3e5, 1e6, 2.5e9)] == [
+        "3", "30", "300", "3k", "100k", "300k", "1M", "2.5G"]
+
+
 def test_pareto_front_hand_computed():
     # (size, accuracy): b dominates d (smaller and better); a, b, c are each best at something
     assert pareto_front([(1, 0.90), (10, 0.95), (100, 0.99), (50, 0.94)]) == [0, 1, 2]
