@@ -502,12 +502,12 @@ def _png(fig) -> bytes:
     tests read (kdlib.widgets.png_metadata), saved at the figure's own dpi as that record assumes."""
     import matplotlib.pyplot as plt
 
-    from .widgets import png_metadata
+    from .widgets import compact_png, png_metadata
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", metadata=png_metadata(fig))
     plt.close(fig)
-    return buf.getvalue()
+    return compact_png(buf.getvalue())
 
 
 def write_report(out, summary: dict) -> dict:

@@ -26,6 +26,7 @@ the text is readable where the page shows the figure.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import io
@@ -44,8 +45,32 @@ from .viz import _as_array, _class_names, plot_soft_targets
 Draw = Callable[[Figure, float], object]  # draw(fig, value): draws one frame on an empty figure
 
 
+def compact_png(png: bytes) -> bytes:
+    """`png` with its colours reduced to a 256-colour palette, its text chunks kept.
+
+    For the book's figures (line plots, bars, digit images on white) this is about a third of
+    the bytes with no visible change, which is what a page weighs on a phone. An image with
+    transparent pixels, or one that would not get smaller, is returned as it is.
+    """
+    from PIL import Image, PngImagePlugin
+
+    with Image.open(io.BytesIO(png)) as im:
+        if "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
+            return png
+        info = PngImagePlugin.PngInfo()
+        for key, value in (getattr(im, "text", None) or {}).items():
+            info.add_text(key, value)
+        palette = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        keep = {"dpi": im.info["dpi"]} if "dpi" in im.info else {}
+        palette.save(buf, format="PNG", optimize=True, pnginfo=info, **keep)
+    small = buf.getvalue()
+    return small if len(small) < len(png) else png
+
+
 def figure_to_png(fig: Figure, *, dpi: int | None = None, close: bool = True) -> bytes:
-    """The PNG bytes of `fig` (closed afterwards unless `close=False`).
+    """The PNG bytes of `fig` (closed afterwards unless `close=False`), in a 256-colour palette
+    (`compact_png`).
     """
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
@@ -53,7 +78,7 @@ def figure_to_png(fig: Figure, *, dpi: int | None = None, close: bool = True) ->
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     if close:
         plt.close(fig)
-    return buf.getvalue()
+    return compact_png(buf.getvalue())
 
 
 def render(draw: Draw, value, *, figsize=(5.5, 2.6), dpi: int = 80) -> bytes:
@@ -204,12 +229,14 @@ def png_metadata(fig: Figure) -> dict[str, str]:
 
 
 def _png_with_report(fig: Figure):
-    """IPython's PNG of `fig` (as the inline backend makes it), with figure_text_report inside."""
+    """IPython's PNG of `fig` (as the inline backend makes it), with figure_text_report inside,
+    in a 256-colour palette (`compact_png`), base64-encoded as IPython's PNG formatter returns it."""
     from IPython.core.pylabtools import print_figure
 
     if not fig.axes and not fig.lines:  # IPython shows nothing for an empty figure
         return None
-    return print_figure(fig, fmt="png", base64=True, bbox_inches="tight", metadata=png_metadata(fig))
+    png = print_figure(fig, fmt="png", bbox_inches="tight", metadata=png_metadata(fig))
+    return base64.b64encode(compact_png(png)).decode("ascii")
 
 
 def record_figure_text() -> bool:

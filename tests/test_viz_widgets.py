@@ -3,6 +3,7 @@ and the static twins embed one frame per value and need no internet."""
 import html as htmlmod
 import json
 import math
+import io
 import re
 
 import matplotlib
@@ -417,3 +418,37 @@ def test_png_metadata_travels_with_a_saved_file(tmp_path):
         record = json.loads(im.text[widgets.PNG_KEY])
     assert record["min_font_pt"] == 6 and record["smallest"] == "y" and record["dpi"] == 120
     assert "'3x10^{2}' overlaps '4x10^{2}'" in record["overlaps"]
+
+
+def _line_plot_png() -> bytes:
+    with matplotlib.rc_context(viz.BOOK_STYLE):
+        fig, ax = plt.subplots()
+        for k in range(6):
+            ax.plot(np.linspace(0, 1, 50), np.sin(np.linspace(0, 6, 50) + k), label=f"curve {k}")
+        ax.legend()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata=widgets.png_metadata(fig))
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def test_compact_png_is_smaller_keeps_its_record_and_looks_the_same():
+    from PIL import Image, ImageChops
+
+    png = _line_plot_png()
+    small = widgets.compact_png(png)
+    assert len(small) < 0.7 * len(png)
+    with Image.open(io.BytesIO(png)) as a, Image.open(io.BytesIO(small)) as b:
+        assert b.mode == "P" and b.size == a.size and b.info.get("dpi") == a.info.get("dpi")
+        assert b.text["kdlib-figure"] == a.text["kdlib-figure"]
+        diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+        assert np.asarray(diff).mean() < 1.0  # of 255: no visible change
+
+
+def test_compact_png_leaves_transparent_images_alone():
+    from PIL import Image
+
+    im = Image.new("RGBA", (40, 20), (255, 0, 0, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    assert widgets.compact_png(buf.getvalue()) == buf.getvalue()
