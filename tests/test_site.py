@@ -416,11 +416,6 @@ def test_notebook_pages_have_launch_buttons(load, page):
     assert any("mybinder.org" in u for u in links), f"{page}: no Binder button"
 
 
-# Checks of issue 18 ("The website on a phone and without a kernel") that the site does not meet yet on the theme
-# pip installs today (pydata-sphinx-theme 0.17.1 / sphinx-book-theme 1.3.0): the navigation toggles, Font Awesome's
-# 1.5 MB script (page weight), and figures and code lines written before these checks existed. They run and
-# report on every build (XFAIL, or XPASS for the pages that already pass); issue 18 stays open until they pass.
-ISSUE_18_OPEN = pytest.mark.xfail(reason="issue 18, not met yet: see the comment above ISSUE_18_OPEN", strict=False)
 
 
 WEIGHTS = ROOT / "_build" / "page_weights.json"  # every page's bytes, for the record (README, issue notes)
@@ -434,7 +429,6 @@ def _note_weight(page: str, total: int) -> None:
     tmp.replace(WEIGHTS)
 
 
-@ISSUE_18_OPEN
 @page_param
 def test_page_weight(load, page):
     """A page with everything it loads is at most MAX_PAGE_BYTES, and its largest script does
@@ -539,7 +533,6 @@ def _too_small(fig: dict, window: str) -> str | None:
             f"<= {fit_in:.1f} in wide at {rep['min_font_pt']:g} pt")
 
 
-@ISSUE_18_OPEN
 @content_param
 def test_figure_text_readable(load, page):
     """Every figure's smallest text is at least MIN_TEXT_PX CSS pixels high where the page shows
@@ -550,7 +543,6 @@ def test_figure_text_readable(load, page):
     assert not problems, f"{page}: figure text too small to read:\n" + "\n".join(dict.fromkeys(problems))
 
 
-@ISSUE_18_OPEN
 @content_param
 def test_figure_labels_do_not_overlap(load, page):
     """No two texts of a figure overlap, and no legend covers a bar or a text (measured when the
@@ -580,7 +572,6 @@ def test_figures_have_alt_text(load, page):
     assert not problems, f"{page}: figures without a useful alt text:\n" + "\n".join(problems)
 
 
-@ISSUE_18_OPEN
 @content_param
 def test_code_fits_the_column(load, page):
     """On the desktop no code line scrolls sideways, and no printed table wraps (a long printed
