@@ -17,9 +17,10 @@ _config.yml loads it (`sphinx: local_extensions: {site_fixes: tools}`). What it 
   Font Awesome's CSS, whose web fonts (fetched when an icon needs them) draw the same icons
   from the same `<i class="fa-...">` markup. The search page's scripts
   (its index is its largest) are deferred.
-* Every page loads book/_site/kd-site.js (deferred): the sidebar and page-contents buttons a
-  reader sees pass their clicks on to the theme's own (hidden) buttons, the only ones that
-  pydata-sphinx-theme 0.17 and sphinx-book-theme 1.3 give a handler.
+* Every page loads book/_site/kd-site.js (deferred, before the theme's scripts bind): it removes
+  the theme's hidden duplicate sidebar and page-contents buttons, so that pydata-sphinx-theme
+  0.17 and sphinx-book-theme 1.3, which bind the first button of each kind, bind the ones a
+  reader sees.
 * The bibliography labels entries by author and year ("Hinton et al., 2015"), as the text
   cites them, instead of "[HVD15]" (bibtex_default_style: kd_author_year).
 * It writes _build/site_figures.json: for every page, its code cells in order and, for every
@@ -264,7 +265,7 @@ def _register_bibliography_style() -> None:
 def setup(app):
     _register_bibliography_style()
     app.add_post_transform(HideLiveWidgets)
-    # book/_site/kd-site.js (in html_static_path): the navigation buttons that the theme leaves unbound
+    # book/_site/kd-site.js (in html_static_path): the theme binds the navigation buttons a reader sees
     app.add_js_file("kd-site.js", loading_method="defer")
     app.connect("html-page-context", on_page_context, priority=900)  # after myst-nb adds its scripts
     app.connect("builder-inited", on_builder_inited)

@@ -1,34 +1,20 @@
-/* The book's own script (linked by html_js_files in _config.yml, deferred).
+/* The book's own script (added to every page, deferred, by tools/site_fixes.py).
 
    Navigation buttons that work at every width. pydata-sphinx-theme 0.17 and sphinx-book-theme 1.3
    bind their sidebar handlers to the *first* .primary-toggle and .secondary-toggle on the page:
    pydata's own header buttons, which sphinx-book-theme hides. The buttons a reader sees (in
-   sphinx-book-theme's article header) get no handler, so a tap shows a tooltip and opens nothing.
-   Here every other toggle passes its click on to the first one, whose handlers then do what the
-   theme meant: open the sidebar as a dialog on a narrow screen, fold it away on a wide one. */
+   sphinx-book-theme's article header, later on the page) got no handler, so a tap showed a
+   tooltip and opened nothing. This script runs before the themes bind theirs (it comes before
+   pydata-sphinx-theme.js among the deferred scripts, and sphinx-book-theme waits for
+   DOMContentLoaded) and removes every toggle but the last of each kind, so the themes bind the
+   buttons a reader sees: the sidebar opens as a dialog on a narrow screen and folds away on a
+   wide one. Where a theme has one button of a kind, nothing changes. */
 (function () {
   "use strict";
-
-  function forwardClicks(selector) {
-    var toggles = document.querySelectorAll(selector);
-    var bound = toggles[0];
-    for (var i = 1; i < toggles.length; i++) {
-      toggles[i].addEventListener("click", function (event) {
-        event.preventDefault();
-        event.stopPropagation();
-        bound.click();
-      });
+  ["primary-toggle", "secondary-toggle"].forEach(function (kind) {
+    var toggles = document.querySelectorAll("button." + kind);
+    for (var i = 0; i < toggles.length - 1; i++) {
+      toggles[i].remove();
     }
-  }
-
-  function start() {
-    forwardClicks(".primary-toggle");
-    forwardClicks(".secondary-toggle");
-  }
-
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", start);
-  } else {
-    start();
-  }
+  });
 })();
